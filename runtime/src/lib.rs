@@ -1,0 +1,34 @@
+//! fennec-runtime: score images with an ONNX image classifier, in pure Rust.
+//!
+//! The library behind the `fennec` binary, and the home of the preprocessing
+//! contract the trainer shares. Reading order for a newcomer:
+//!
+//! - [`decode`]: image file → pixels, safely (bad files become typed errors).
+//! - [`preprocess`]: the [`Preprocess`] spec and pixels → input tensor.
+//! - [`metadata`]: the keys a fennec ONNX file carries (labels, preprocessing).
+//! - [`classifier`]: load an ONNX model with tract, run batches, get probabilities.
+//! - [`folder`]: `<root>/<class>/<images>` folders and command-line file lists.
+//! - [`pipeline`]: parallel decoding overlapped with batched inference.
+//! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
+//! - [`atomic`]: files written whole or not at all.
+//! - [`onnx`]: writing ONNX files (used by the trainer's exporter and test fixtures).
+
+pub mod atomic;
+pub mod classifier;
+pub mod decode;
+pub mod error;
+pub mod folder;
+pub mod metadata;
+pub mod metrics;
+pub mod onnx;
+pub mod pipeline;
+pub mod preprocess;
+
+pub use classifier::{Classifier, LoadOptions, ModelInfo, OutputKind, Source};
+pub use decode::DecodeLimits;
+pub use error::{Error, ImageError, Result};
+pub use metadata::ModelMetadata;
+pub use preprocess::{ColorMode, Layout, Preprocess, ResizeFilter, ResizeMode};
+
+/// fennec's version, written into exported models.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
