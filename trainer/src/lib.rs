@@ -1,0 +1,7 @@
+//! fennec-train: fit CNN image classifiers from YAML configs with burn, and export
+//! them as self-describing ONNX files for the `fennec` runtime.
+//!
+//! Reading order: [`config`] (the YAML and shape inference) → [`model`] (the burn
+//! network).
+pub mod config;
+pub mod model;
