@@ -582,7 +582,7 @@ layers:
         let plan = c.resolve(2).unwrap();
         let shapes: Vec<String> = plan.layers.iter().map(|l| l.output.to_string()).collect();
         assert_eq!(shapes, ["222x222x32", "111x111x32", "109x109x32", "55x55x32", "96800", "128", "2"]);
-        // Keras model.summary() for model_3 at 224x224x3, 2 classes: 12,409,218 params.
+        // Keras model.summary() for model_3 at 224x224x3, 2 classes: 12,400,930 params.
         assert_eq!(plan.total_params(), 896 + 9248 + 96800 * 128 + 128 + 258);
         assert_eq!(plan.layers[3].pads, Some([0, 0, 1, 1]), "109 -> 55 pads at the end");
         assert_eq!(c.training.batch_size, 64);
