@@ -2,6 +2,7 @@
 //! them as self-describing ONNX files for the `fennec` runtime.
 //!
 //! Reading order: [`config`] (the YAML and shape inference) → [`model`] (the burn
-//! network).
+//! network) → [`history`] (per-epoch records).
 pub mod config;
 pub mod model;
+pub mod history;
