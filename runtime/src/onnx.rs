@@ -2,7 +2,8 @@
 //!
 //! The trainer's exporter and the tests' fixture models both build graphs with it,
 //! so there is one way to spell a node, an initializer or the fennec metadata.
-//! Opset 13 operators, IR version 8, float32 tensors.
+//! Opset 13 operators, IR version 8; graph inputs and outputs are float32, weights
+//! float32 or float16 (followed by a `Cast`, see [`GraphBuilder::weight_f16`]).
 
 use prost::Message;
 
@@ -11,6 +12,9 @@ use pb::attribute_proto::AttributeType;
 use pb::tensor_proto::DataType;
 
 use crate::metadata::{ModelMetadata, PRODUCER};
+
+/// ONNX element type code of float32, for `Cast`'s `to` attribute.
+pub const FLOAT: i64 = DataType::Float as i64;
 
 /// The default-domain opset written by [`GraphBuilder::finish`].
 pub const OPSET: i64 = 13;
@@ -60,6 +64,23 @@ impl GraphBuilder {
         name.into()
     }
 
+    /// Adds a weight tensor stored as float16 (IEEE half, round-to-nearest-even) and
+    /// returns its name. ONNX operators take one element type for all inputs, so the
+    /// caller converts it back with a `Cast` node (`to` = [`FLOAT`]); tract and
+    /// onnxruntime fold that cast into a float32 constant when they load the file.
+    pub fn weight_f16(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
+        assert_eq!(dims.iter().product::<i64>() as usize, values.len(), "{name}: dims vs values");
+        use tract_onnx::prelude::f16;
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: DataType::Float16 as i32,
+            raw_data: values.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name.into()
+    }
+
     /// Adds an int64 constant tensor (shapes for Reshape, pads, axes); returns its name.
     pub fn int_weight(&mut self, name: &str, values: &[i64]) -> String {
         self.graph.initializer.push(pb::TensorProto {
@@ -94,7 +115,7 @@ impl GraphBuilder {
         out
     }
 
-    /// Float32 weights in graph order, for hashing.
+    /// The raw bytes of every initializer (weights and constants) in graph order, for hashing.
     pub fn weights(&self) -> impl Iterator<Item = &[u8]> {
         self.graph.initializer.iter().map(|t| t.raw_data.as_slice())
     }
