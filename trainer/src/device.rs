@@ -1,0 +1,87 @@
+//! Choosing the compute device: burn's pure-Rust `flex` CPU backend in every build,
+//! CUDA and wgpu only in builds with the `cuda` / `wgpu` cargo features, so the
+//! default build links no GPU library.
+
+use burn::tensor::Device;
+
+/// The devices `--device` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// burn's flex backend on the CPU (multi-threaded, see `--threads`).
+    #[default]
+    Cpu,
+    /// The first NVIDIA GPU (build with `--features cuda`).
+    Cuda,
+    /// The default GPU through wgpu: Vulkan, Metal or DX12 (build with `--features wgpu`).
+    Wgpu,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "--device {name}: this fennec-train was built without GPU support for it; rebuild with \
+         `cargo build --release -p fennec-train --features {name}`"
+    )]
+    NotBuilt { name: &'static str },
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cpu => "cpu",
+            Kind::Cuda => "cuda",
+            Kind::Wgpu => "wgpu",
+        }
+    }
+
+    /// The value of `BURN_DEVICE` that makes burn's own default device this one.
+    /// burn falls back to `Device::default()` in a few places (optimizer state
+    /// loading, among others), which in a GPU-enabled build would be the GPU even
+    /// for `--device cpu`.
+    pub fn burn_env(self) -> &'static str {
+        match self {
+            Kind::Cpu => "flex",
+            Kind::Cuda => "cuda",
+            Kind::Wgpu => "wgpu",
+        }
+    }
+
+    /// Whether this build can use the device kind.
+    pub fn is_built(self) -> bool {
+        match self {
+            Kind::Cpu => true,
+            Kind::Cuda => cfg!(feature = "cuda"),
+            Kind::Wgpu => cfg!(feature = "wgpu"),
+        }
+    }
+
+    /// The (non-autodiff) device; errors when the build lacks the feature.
+    pub fn device(self) -> Result<Device, DeviceError> {
+        match self {
+            Kind::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "cuda")]
+            Kind::Cuda => Ok(Device::cuda(0)),
+            #[cfg(feature = "wgpu")]
+            Kind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[allow(unreachable_patterns)]
+            other => Err(DeviceError::NotBuilt { name: other.name() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_always_and_gpu_only_with_its_feature() {
+        assert!(Kind::Cpu.device().is_ok());
+        for k in [Kind::Cuda, Kind::Wgpu] {
+            if !k.is_built() {
+                let e = k.device().unwrap_err().to_string();
+                assert!(e.contains(&format!("--features {}", k.name())), "{e}");
+            }
+        }
+    }
+}
