@@ -6,6 +6,7 @@
 pub mod config;
 pub mod model;
 pub mod history;
+pub mod export;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
