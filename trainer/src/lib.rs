@@ -10,3 +10,4 @@ pub mod export;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod augment;
