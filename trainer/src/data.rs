@@ -462,7 +462,7 @@ pub struct SplitSummary {
     pub root: PathBuf,
     pub images: usize,
     /// Usable images per class name.
-    pub per_class: Vec<(String, usize)>,
+    pub per_class: std::collections::BTreeMap<String, usize>,
     pub skipped: usize,
     pub cached: bool,
 }

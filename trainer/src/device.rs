@@ -24,6 +24,21 @@ pub enum DeviceError {
          `cargo build --release -p fennec-train --features {name}`"
     )]
     NotBuilt { name: &'static str },
+    #[error("cannot start {threads} compute threads: {reason}")]
+    Threads { threads: usize, reason: String },
+}
+
+/// Sizes rayon's global pool, which burn's flex backend computes on and the data
+/// loader decodes on: `threads`, or all cores. Call once, before any other work.
+/// Returns the number of threads.
+pub fn init_threads(threads: Option<usize>) -> Result<usize, DeviceError> {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("fennec-compute-{i}"))
+        .build_global()
+        .map_err(|e| DeviceError::Threads { threads: n, reason: e.to_string() })?;
+    Ok(n)
 }
 
 impl Kind {
