@@ -35,6 +35,7 @@ use fennec_runtime::onnx::{Attr, FLOAT, GraphBuilder};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::checkpoint::{CheckpointError, Run, SUMMARY_FILE, Which};
 use crate::config::{Activation, Config, LayerSpec, Plan, Shape};
 use crate::model::{Layer, Net};
 
@@ -75,8 +76,8 @@ pub enum ExportError {
     Weights { layer: String, reason: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{}: {message}", path.display())]
-    Run { path: PathBuf, message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 /// What an export wrote.
@@ -89,6 +90,9 @@ pub struct ExportReport {
     pub parameters: usize,
     /// `sha256:<hex>`, as stored in the file's metadata.
     pub weights_hash: String,
+    /// The exported checkpoint's epoch, when exported from a run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<usize>,
     pub metadata: ModelMetadata,
 }
 
@@ -343,7 +347,59 @@ pub fn write_onnx(
     fennec_runtime::atomic::write_bytes_atomic(out, &bytes)
         .map_err(|source| ExportError::Io { path: out.into(), source })?;
     let weights_hash = metadata.weights_hash.clone().unwrap_or_default();
-    Ok(ExportReport { path: out.into(), bytes: bytes.len(), precision, parameters, weights_hash, metadata })
+    Ok(ExportReport { path: out.into(), bytes: bytes.len(), precision, parameters, weights_hash, epoch: None, metadata })
+}
+
+/// Exports checkpoint `which` of the run in `run_dir` to `out` (written atomically),
+/// with the run's labels, preprocessing and a training summary in the metadata.
+pub fn export_run(run_dir: &Path, which: Which, out: &Path, precision: Precision) -> Result<ExportReport, ExportError> {
+    let run = Run::open(run_dir)?;
+    let (net, record) = run.load_net(which, &export_device())?;
+    let training = training_summary(&run, which, record.epoch)?;
+    let md = metadata(&run.config, &run.classes, training);
+    let mut report = write_onnx(&run.plan, &net, &md, precision, out)?;
+    report.epoch = Some(record.epoch);
+    Ok(report)
+}
+
+/// The `fennec.training` JSON of a run's checkpoint: which epoch, its metrics, how
+/// long the run trained, the data it saw and how.
+fn training_summary(run: &Run, which: Which, epoch: usize) -> Result<serde_json::Value, ExportError> {
+    use serde_json::{Value, json};
+    let state = run.state(epoch)?;
+    let record = state.record();
+    let last = run.epochs()?.last().copied().unwrap_or(epoch);
+    let optimizer = serde_json::to_value(&run.config.training.optimizer).unwrap_or(Value::Null);
+    let mut t = json!({
+        "checkpoint": which.to_string(),
+        "epoch": epoch,
+        "epochs_trained": last,
+        "train_loss": record.map(|r| r.train_loss),
+        "train_accuracy": record.map(|r| r.train_accuracy),
+        "val_loss": record.map(|r| r.val_loss),
+        "val_accuracy": record.map(|r| r.val_accuracy),
+        "batch_size": run.config.training.batch_size,
+        "optimizer": optimizer,
+        "seed": state.seed,
+        "device": state.device,
+        "threads": state.threads,
+        "trained_with": state.fennec_version,
+    });
+    // Dataset sizes from summary.json, when fit has written it.
+    let path = run.dir.join(SUMMARY_FILE);
+    if let Ok(bytes) = std::fs::read(&path) {
+        let summary: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| CheckpointError::Invalid { path: path.clone(), message: e.to_string() })?;
+        let images = |split: &str| summary["data"][split]["images"].as_u64();
+        t["dataset"] = json!({
+            "train": images("train"),
+            "validation": images("validation"),
+            "test": images("test"),
+            "skipped": summary["data"]["skipped"].as_array().map(Vec::len),
+        });
+        t["stopped_early"] = summary["stopped_early"].clone();
+    }
+    Ok(t)
 }
 
 /// A plain (non-autodiff) CPU device for exporting.
