@@ -56,8 +56,10 @@ pub enum CheckpointError {
     NoSuchEpoch { path: PathBuf, epoch: usize, kept: String },
     #[error("{path}: does not fit the run's config ({config}): {message}")]
     Mismatch { path: PathBuf, config: PathBuf, message: String },
-    #[error("{path}: cannot write checkpoint: {message}")]
+    #[error("{path}: cannot write: {message}")]
     Write { path: PathBuf, message: String },
+    #[error("{path}: cannot write checkpoint: {message}; earlier checkpoints are intact")]
+    CheckpointWrite { path: PathBuf, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -318,7 +320,7 @@ pub fn save_checkpoint(
     let root = run_dir.join(CHECKPOINTS_DIR);
     let target = root.join(epoch_dir_name(state.epoch));
     let tmp = root.join(format!(".{}.tmp-{}", epoch_dir_name(state.epoch), std::process::id()));
-    let fail = |path: &Path, message: String| CheckpointError::Write { path: path.to_path_buf(), message };
+    let fail = |path: &Path, message: String| CheckpointError::CheckpointWrite { path: path.to_path_buf(), message };
     let result = (|| {
         std::fs::create_dir_all(&root).map_err(|e| fail(&root, e.to_string()))?;
         if tmp.exists() {

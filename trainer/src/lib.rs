@@ -11,3 +11,4 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod augment;
+pub mod train;

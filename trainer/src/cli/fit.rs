@@ -1,13 +1,341 @@
-//! `fennec-train fit` (being written).
+//! `fennec-train fit CONFIG`: train a model on `DATA/{train,validation}/<class>/*`,
+//! writing a run directory (config, classes, history, checkpoints, model.onnx), with
+//! progress bars, Ctrl-C handling and `--resume`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use fennec_train::checkpoint::{self, Run, Which};
+use fennec_train::config::Config;
+use fennec_train::device::Kind;
+use fennec_train::export::{Precision, export_run};
+use fennec_train::train::{Event, FitOptions, Observer, Outcome, fit};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, Args)]
-pub struct FitArgs {}
+pub struct FitArgs {
+    /// YAML config (e.g. configs/model_3.yaml). Optional with --resume, which uses
+    /// the run's own config.
+    #[arg(value_name = "CONFIG", required_unless_present = "resume")]
+    config: Option<PathBuf>,
 
-pub fn run(_args: FitArgs) -> Result<ExitCode> {
-    bail!("fennec-train fit is not available yet")
+    /// Data folder holding train/<class>/* and validation/<class>/* (test/ optional)
+    /// [default: data, or the run's data folder with --resume].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// Run directory to create [default: runs/<config name>, or runs/<name>-2, -3, ...
+    /// when taken]. An existing directory must be empty.
+    #[arg(long, value_name = "RUN_DIR")]
+    out: Option<PathBuf>,
+
+    /// Train for this many epochs instead of the config's training.epochs (with
+    /// --resume: continue up to this epoch).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: Option<u32>,
+
+    /// Compute device. GPUs need a build with `--features cuda` or `--features wgpu`.
+    #[arg(long, value_enum, default_value_t = Kind::Cpu)]
+    device: Kind,
+
+    /// Continue an interrupted run after its last complete checkpoint; gives the same
+    /// weights and history as an uninterrupted run (same device and --threads).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+
+    /// Stop with an error when an image cannot be read, instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+
+    /// CPU threads for computing and decoding [default: all cores]. On the CPU a run
+    /// is reproducible for a fixed seed and thread count.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+
+    /// No progress bars or per-epoch lines; only warnings, errors and the result.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub fn run(args: FitArgs) -> Result<ExitCode> {
+    // SAFETY: first thing the command does, before any thread is started. burn's
+    // default device (used internally, e.g. when loading optimizer state) must be
+    // the one we train on, also in GPU-enabled builds.
+    unsafe { std::env::set_var("BURN_DEVICE", args.device.burn_env()) };
+    fennec_train::device::init_threads(args.threads.map(|n| n as usize))?;
+    let device = args.device.device()?;
+
+    let (config, config_path, run_dir, data_dir) = match &args.resume {
+        Some(dir) => resume_target(&args, dir)?,
+        None => {
+            let path = args.config.clone().expect("clap requires CONFIG without --resume");
+            let mut config = Config::load(&path)?;
+            if let Some(n) = args.epochs {
+                config.training.epochs = n as usize;
+            }
+            let run_dir = create_run_dir(args.out.as_deref(), &config.name)?;
+            (config, path, run_dir, args.data.clone().unwrap_or_else(|| PathBuf::from("data")))
+        }
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // Second Ctrl-C: leave now; checkpoints are written atomically.
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after the current batch (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+
+    let opts = FitOptions {
+        config,
+        config_path,
+        data_dir,
+        run_dir: run_dir.clone(),
+        resume: args.resume.is_some(),
+        device,
+        device_name: args.device.name().to_string(),
+        strict: args.strict,
+        stop,
+    };
+    if !args.quiet {
+        eprintln!(
+            "fit: {} on {} ({} device, {} threads) -> {}",
+            opts.config.name,
+            opts.data_dir.display(),
+            opts.device_name,
+            rayon::current_num_threads(),
+            run_dir.display()
+        );
+    }
+    let console = Console::new(args.quiet);
+    let report = fit(&opts, &console)?;
+    console.clear();
+
+    let resume_hint = format!("fennec-train fit --resume {}", run_dir.display());
+    match report.outcome {
+        Outcome::Interrupted { epoch } => {
+            match report.last_epoch {
+                Some(last) => eprintln!(
+                    "interrupted during epoch {epoch}; the checkpoint of epoch {last} is intact \
+                     ({}); continue with: {resume_hint}",
+                    run_dir.join(checkpoint::CHECKPOINTS_DIR).join(checkpoint::epoch_dir_name(last)).display()
+                ),
+                None => eprintln!("interrupted before the first epoch ended; no checkpoint yet; start again with: {resume_hint}"),
+            }
+            return Ok(ExitCode::from(130));
+        }
+        Outcome::Finished => {}
+    }
+    let Some(epoch) = report.result_epoch else {
+        bail!("{}: no epoch was trained", run_dir.display());
+    };
+    // The best epoch when early stopping restores it, else the last.
+    let onnx = run_dir.join("model.onnx");
+    let exported = export_run(&run_dir, Which::Epoch(epoch), &onnx, Precision::F32)
+        .with_context(|| format!("{}: training finished but the export failed", run_dir.display()))?;
+    if report.stopped_early && !args.quiet {
+        eprintln!("early stopping after epoch {}", report.last_epoch.unwrap_or(0));
+    }
+    let best = report.best.map_or(String::new(), |b| format!(", best epoch {} (val_loss {:.4})", b.epoch, b.val_loss));
+    println!(
+        "trained {} epoch(s) in {:.1} s{best}; model.onnx from epoch {epoch}: {} ({} bytes)",
+        report.epochs_this_run,
+        report.seconds,
+        exported.path.display(),
+        exported.bytes
+    );
+    println!("run directory: {}", run_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Config, config path, run directory and data directory for `--resume DIR`.
+fn resume_target(args: &FitArgs, dir: &Path) -> Result<(Config, PathBuf, PathBuf, PathBuf)> {
+    if let Some(out) = &args.out
+        && out != dir
+    {
+        bail!("--out {} and --resume {} name different runs; give only --resume", out.display(), dir.display());
+    }
+    let run = Run::open(dir)?;
+    let mut config = run.config.clone();
+    let config_path = dir.join(checkpoint::CONFIG_FILE);
+    if let Some(path) = &args.config {
+        let given = Config::load(path)?;
+        let mut a = given.clone();
+        a.training.epochs = config.training.epochs;
+        if a != config {
+            bail!(
+                "{}: differs from the run's {}; leave CONFIG out to resume with the run's config",
+                path.display(),
+                config_path.display()
+            );
+        }
+        config.training.epochs = given.training.epochs;
+    }
+    if let Some(n) = args.epochs {
+        config.training.epochs = n as usize;
+    }
+    let epochs = run.epochs()?;
+    let data = match (&args.data, epochs.last()) {
+        (Some(d), _) => d.clone(),
+        (None, Some(&last)) => run.state(last)?.data_dir,
+        (None, None) => PathBuf::from("data"),
+    };
+    Ok((config, config_path, dir.to_path_buf(), data))
+}
+
+/// Creates the run directory: `out` (which must not hold anything yet), or
+/// `runs/<name>`, `runs/<name>-2`, ... (the first that does not exist).
+fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
+    let cannot = |p: &Path, e: std::io::Error| anyhow!("{}: cannot create the run directory: {e}", p.display());
+    if let Some(out) = out {
+        if out.is_dir() {
+            let mut entries = std::fs::read_dir(out).map_err(|e| cannot(out, e))?;
+            if entries.next().is_some() {
+                let what = if out.join(checkpoint::CONFIG_FILE).exists() { "holds another run" } else { "is not empty" };
+                bail!(
+                    "{}: {what}; continue it with --resume {}, or choose another --out",
+                    out.display(),
+                    out.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(out).map_err(|e| cannot(out, e))?;
+        return Ok(out.to_path_buf());
+    }
+    let runs = Path::new("runs");
+    std::fs::create_dir_all(runs).map_err(|e| cannot(runs, e))?;
+    for n in 1.. {
+        let dir = if n == 1 { runs.join(name) } else { runs.join(format!("{name}-{n}")) };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(cannot(&dir, e)),
+        }
+    }
+    unreachable!("some runs/<name>-N is free")
+}
+
+/// Progress bars and lines on stderr.
+struct Console {
+    quiet: bool,
+    bar: Mutex<ProgressBar>,
+}
+
+impl Console {
+    fn new(quiet: bool) -> Console {
+        Console { quiet, bar: Mutex::new(ProgressBar::hidden()) }
+    }
+
+    fn start(&self, len: u64, prefix: String, unit: &str) {
+        let bar = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(len) };
+        let template =
+            format!("{{prefix}} [{{wide_bar}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}} {{msg}}");
+        bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+        bar.set_prefix(prefix);
+        let old = std::mem::replace(&mut *self.bar.lock().expect("bar lock"), bar);
+        old.finish_and_clear();
+    }
+
+    /// A line above the bar (or plain, when the bar is hidden).
+    fn line(&self, text: &str) {
+        self.bar.lock().expect("bar lock").suspend(|| eprintln!("{text}"));
+    }
+
+    fn clear(&self) {
+        self.bar.lock().expect("bar lock").finish_and_clear();
+    }
+}
+
+impl Observer for Console {
+    fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Checking { split, total } => self.start(total as u64, format!("checking {split}"), "files"),
+            Event::Advance(n) => self.bar.lock().expect("bar lock").inc(n),
+            Event::Skipped(s) => self.line(&format!("warning: skipped {}", s.reason)),
+            Event::DataReady(d) => {
+                self.clear();
+                if !self.quiet {
+                    let split = |name: &str, s: &fennec_train::data::SplitSummary| {
+                        let per: Vec<String> = s.per_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                        format!("{name} {} ({}){}", s.images, per.join(", "), if s.cached { ", cached" } else { "" })
+                    };
+                    self.line(&format!(
+                        "data: {}; {}; {} file(s) skipped",
+                        split("train", &d.train),
+                        split("validation", &d.validation),
+                        d.skipped.len()
+                    ));
+                }
+            }
+            Event::Resumed { epoch } => {
+                if !self.quiet {
+                    self.line(&format!("resuming after the checkpoint of epoch {epoch}"));
+                }
+            }
+            Event::EpochStart { epoch, epochs, images } => {
+                self.start(images as u64, format!("epoch {epoch}/{epochs}"), "img")
+            }
+            Event::Batch { loss, accuracy, .. } => {
+                self.bar.lock().expect("bar lock").set_message(format!("loss {loss:.4} acc {accuracy:.4}"))
+            }
+            Event::Validating { images } => self.start(images as u64, "validating".into(), "img"),
+            Event::EpochEnd { record: r, best, .. } => {
+                self.clear();
+                if !self.quiet {
+                    self.line(&format!(
+                        "epoch {:>3}  loss {:.4}  acc {:.4} | val_loss {:.4}  val_acc {:.4}  val_binary_acc {:.4} | \
+                         {:.1} s, {:.1} img/s{}",
+                        r.epoch,
+                        r.train_loss,
+                        r.train_accuracy,
+                        r.val_loss,
+                        r.val_accuracy,
+                        r.val_binary_accuracy,
+                        r.train_seconds,
+                        r.images_per_second,
+                        if best { "  (best)" } else { "" }
+                    ));
+                }
+            }
+            Event::EarlyStop { epoch, best } => {
+                if !self.quiet {
+                    self.line(&format!(
+                        "early stopping after epoch {epoch}: no improvement since epoch {} (val_loss {:.4})",
+                        best.epoch, best.val_loss
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dirs_are_numbered_and_out_must_be_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let prev = std::env::current_dir().unwrap();
+        let out = dir.path().join("x");
+        assert_eq!(create_run_dir(Some(&out), "m").unwrap(), out);
+        std::fs::write(out.join("config.yaml"), "").unwrap();
+        let e = create_run_dir(Some(&out), "m").unwrap_err().to_string();
+        assert!(e.contains("holds another run") && e.contains("--resume"), "{e}");
+        let under_file = out.join("config.yaml").join("run");
+        assert!(create_run_dir(Some(&under_file), "m").unwrap_err().to_string().contains("cannot create"));
+        std::env::set_current_dir(dir.path()).unwrap();
+        let a = create_run_dir(None, "m");
+        let b = create_run_dir(None, "m");
+        std::env::set_current_dir(prev).unwrap();
+        assert_eq!(a.unwrap(), Path::new("runs/m"));
+        assert_eq!(b.unwrap(), Path::new("runs/m-2"));
+    }
 }
