@@ -369,7 +369,10 @@ fn training_summary(run: &Run, which: Which, epoch: usize) -> Result<serde_json:
     let state = run.state(epoch)?;
     let record = state.record();
     let last = run.epochs()?.last().copied().unwrap_or(epoch);
-    let optimizer = serde_json::to_value(&run.config.training.optimizer).unwrap_or(Value::Null);
+    // Through text so f32 settings read as written (0.9, not 0.8999999761581421).
+    let optimizer = serde_json::to_string(&run.config.training.optimizer)
+        .and_then(|s| serde_json::from_str(&s))
+        .unwrap_or(Value::Null);
     let mut t = json!({
         "checkpoint": which.to_string(),
         "epoch": epoch,
