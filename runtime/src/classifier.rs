@@ -4,24 +4,34 @@
 //! model with the input fact fixed (batch left symbolic) → decluttered typed model.
 //! Optimised runnable plans are made per batch size on first use and cached.
 //! Any panic inside tract is caught and turned into an error naming the model file.
+//! Models converted to tract's NNEF format by `fennec convert` load through
+//! [`nnef`]; the `lite` build (no `onnx` feature) reads only those.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tract_nnef::prelude::*;
+#[cfg(feature = "onnx")]
+use tract_nnef::tract_core::internal::DimLike;
+use tract_nnef::tract_core::ops::Cost;
+#[cfg(feature = "onnx")]
 use tract_onnx::pb;
+#[cfg(feature = "onnx")]
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::DimLike;
-use tract_onnx::tract_core::ops::Cost;
 
 use crate::error::{Error, Result, chain};
 use crate::metadata::ModelMetadata;
-use crate::preprocess::{ColorMode, Layout, Overrides, Preprocess};
+#[cfg(feature = "onnx")]
+use crate::preprocess::ColorMode;
+use crate::preprocess::{Layout, Overrides, Preprocess};
+
+mod nnef;
 
 /// Where a piece of model configuration came from, reported by `info` and `predict`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The model file's fennec metadata.
@@ -33,7 +43,7 @@ pub enum Source {
 }
 
 /// What the model's output means, and what fennec does to get probabilities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     /// The graph ends in Softmax: used as is.
@@ -114,12 +124,22 @@ impl Classifier {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Classifier> {
         let bytes =
             std::fs::read(path).map_err(|e| Error::Io { path: path.into(), source: e })?;
-        match catch_unwind(AssertUnwindSafe(|| Self::from_bytes(&bytes, path, options))) {
+        let load = || {
+            if nnef::is_nnef(&bytes) {
+                return Self::from_nnef(&bytes, path, options);
+            }
+            #[cfg(feature = "onnx")]
+            return Self::from_bytes(&bytes, path, options);
+            #[cfg(not(feature = "onnx"))]
+            return Err(nnef::lite_cannot_read_onnx(path));
+        };
+        match catch_unwind(AssertUnwindSafe(load)) {
             Ok(r) => r,
             Err(panic) => Err(Error::Tract { path: path.into(), reason: panic_message(panic) }),
         }
     }
 
+    #[cfg(feature = "onnx")]
     fn from_bytes(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Classifier> {
         let invalid = |reason: String| Error::InvalidModel { path: path.into(), reason };
         let not_classifier = |reason: String| Error::NotAClassifier { path: path.into(), reason };
@@ -457,12 +477,14 @@ impl Classifier {
 }
 
 /// One ONNX dimension, as declared in the file.
+#[cfg(feature = "onnx")]
 #[derive(Debug, Clone, PartialEq)]
 enum Dim {
     Fixed(usize),
     Named(String),
 }
 
+#[cfg(feature = "onnx")]
 impl Dim {
     fn fixed(&self) -> Option<usize> {
         match self {
@@ -472,6 +494,7 @@ impl Dim {
     }
 }
 
+#[cfg(feature = "onnx")]
 impl std::fmt::Display for Dim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -481,6 +504,7 @@ impl std::fmt::Display for Dim {
     }
 }
 
+#[cfg(feature = "onnx")]
 fn tensor_type(v: &pb::ValueInfoProto) -> Option<(i32, Vec<Dim>)> {
     let pb::type_proto::Value::TensorType(t) = v.r#type.as_ref()?.value.as_ref()?;
     let dims = t
@@ -501,6 +525,7 @@ fn tensor_type(v: &pb::ValueInfoProto) -> Option<(i32, Vec<Dim>)> {
     Some((t.elem_type, dims))
 }
 
+#[cfg(feature = "onnx")]
 fn data_type_name(t: i32) -> String {
     pb::tensor_proto::DataType::try_from(t)
         .map(|d| d.as_str_name().to_lowercase())
@@ -508,6 +533,7 @@ fn data_type_name(t: i32) -> String {
 }
 
 /// Finds the op that produces `output`, looking through shape-only ops.
+#[cfg(feature = "onnx")]
 fn output_kind(graph: &pb::GraphProto, output: &str, raw_classes: usize) -> OutputKind {
     let producer = |name: &str| graph.node.iter().find(|n| n.output.iter().any(|o| o == name));
     let mut name = output.to_string();
@@ -551,14 +577,17 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// Sets how many threads tract uses for one inference (matrix products and
-/// element-wise ops). 1 = single-threaded, the default.
+/// element-wise ops). 1 = single-threaded, the default. Without the `multithread`
+/// feature inference is always single-threaded.
 pub fn set_inference_threads(n: usize) {
-    use tract_onnx::tract_core::tract_linalg::multithread::{Executor, set_default_executor};
+    use tract_nnef::tract_core::tract_linalg::multithread::{Executor, set_default_executor};
+    #[cfg(feature = "multithread")]
     if n > 1 {
         set_default_executor(Executor::multithread(n));
-    } else {
-        set_default_executor(Executor::SingleThread);
+        return;
     }
+    let _ = n;
+    set_default_executor(Executor::SingleThread);
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

@@ -11,7 +11,8 @@
 //! - [`pipeline`]: parallel decoding overlapped with batched inference.
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
 //! - [`atomic`]: files written whole or not at all.
-//! - [`onnx`]: writing ONNX files (used by the trainer's exporter and test fixtures).
+//! - [`onnx`]: writing ONNX files (used by the trainer's exporter and test fixtures;
+//!   feature `onnx`, on by default).
 
 pub mod atomic;
 pub mod classifier;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod folder;
 pub mod metadata;
 pub mod metrics;
+#[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod pipeline;
 pub mod preprocess;

@@ -3,6 +3,8 @@
 //! JSON with `--json`.
 
 mod bench;
+#[cfg(feature = "onnx")]
+mod convert;
 mod eval;
 mod info;
 mod predict;
@@ -44,6 +46,10 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Measure load time, latency percentiles and throughput on random inputs.
     Bench(bench::BenchArgs),
+    /// Write an ONNX classifier as a tract NNEF archive (.nnef.tgz) for the lite
+    /// build, with its labels and preprocessing.
+    #[cfg(feature = "onnx")]
+    Convert(convert::ConvertArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -52,13 +58,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Predict(a) => predict::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        #[cfg(feature = "onnx")]
+        Command::Convert(a) => convert::run(a),
     }
 }
 
 /// The model and everything that can stand in for missing metadata.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// ONNX model file.
+    /// ONNX model file (or a .nnef.tgz written by `fennec convert`).
     pub model: PathBuf,
 
     /// Class names, one per line, in output order (replaces the model's labels).
