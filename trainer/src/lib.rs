@@ -12,3 +12,6 @@ pub mod data;
 pub mod device;
 pub mod augment;
 pub mod train;
+pub mod plot;
+pub mod split;
+pub mod preview;
