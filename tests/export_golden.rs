@@ -39,18 +39,28 @@ fn config() -> (Config, Plan) {
 /// Fixed metadata (no fennec version, so a version bump does not change the bytes).
 fn metadata(config: &Config) -> ModelMetadata {
     let labels: Vec<String> = LABELS.map(String::from).to_vec();
-    let mut md = export::metadata(config, &labels, json!({"note": "golden fixture, 6 Adam steps on random data"}));
+    let mut md = export::metadata(
+        config,
+        &labels,
+        json!({"note": "golden fixture, 6 Adam steps on random data"}),
+    );
     md.fennec_version = None;
     md
 }
 
 fn input_shape(plan: &Plan, n: usize) -> [usize; 4] {
-    let Shape::Map([c, h, w]) = plan.input else { unreachable!() };
+    let Shape::Map([c, h, w]) = plan.input else {
+        unreachable!()
+    };
     [n, c, h, w]
 }
 
 fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
 }
 
 struct Expected {
@@ -61,11 +71,17 @@ struct Expected {
 }
 
 fn expected() -> Expected {
-    let e: Value = serde_json::from_slice(&std::fs::read(dir().join("expected.json")).unwrap()).unwrap();
+    let e: Value =
+        serde_json::from_slice(&std::fs::read(dir().join("expected.json")).unwrap()).unwrap();
     let probabilities: Vec<Vec<f32>> = serde_json::from_value(e["probabilities"].clone()).unwrap();
     let argmax: Vec<usize> = serde_json::from_value(e["argmax"].clone()).unwrap();
     let input = read_f32(&dir().join("input.bin"));
-    Expected { n: probabilities.len(), input, probabilities, argmax }
+    Expected {
+        n: probabilities.len(),
+        input,
+        probabilities,
+        argmax,
+    }
 }
 
 fn check(what: &str, got: &[Vec<f32>], want: &Expected) {
@@ -73,14 +89,27 @@ fn check(what: &str, got: &[Vec<f32>], want: &Expected) {
     let mut worst = 0f32;
     for (i, (g, w)) in got.iter().zip(&want.probabilities).enumerate() {
         assert_eq!(g.len(), w.len(), "{what}: row {i} length");
-        worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
-        assert_eq!(fennec_runtime::classifier::top_k(g, 1)[0], want.argmax[i], "{what}: argmax of row {i}");
+        worst = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(worst, f32::max);
+        assert_eq!(
+            fennec_runtime::classifier::top_k(g, 1)[0],
+            want.argmax[i],
+            "{what}: argmax of row {i}"
+        );
     }
-    assert!(worst <= TOLERANCE, "{what}: max |got - expected| = {worst:e} > {TOLERANCE:e}");
+    assert!(
+        worst <= TOLERANCE,
+        "{what}: max |got - expected| = {worst:e} > {TOLERANCE:e}"
+    );
 }
 
 fn burn_net(plan: &Plan) -> Net {
-    Net::new(plan, &Device::flex()).try_load_file(dir().join("weights.bpk")).expect("golden weights load")
+    Net::new(plan, &Device::flex())
+        .try_load_file(dir().join("weights.bpk"))
+        .expect("golden weights load")
 }
 
 #[test]
@@ -97,7 +126,10 @@ fn burn_reproduces_the_golden_output() {
     let (_, plan) = config();
     let want = expected();
     let net = burn_net(&plan);
-    let x = Tensor::<4>::from_data(TensorData::new(want.input.clone(), input_shape(&plan, want.n)), &Device::flex());
+    let x = Tensor::<4>::from_data(
+        TensorData::new(want.input.clone(), input_shape(&plan, want.n)),
+        &Device::flex(),
+    );
     let p: Vec<f32> = net.probabilities(x).try_into_vec_as::<f32>().unwrap();
     let rows: Vec<Vec<f32>> = p.chunks(LABELS.len()).map(<[f32]>::to_vec).collect();
     check("burn on weights.bpk", &rows, &want);
@@ -106,7 +138,8 @@ fn burn_reproduces_the_golden_output() {
 #[test]
 fn reexport_is_byte_identical() {
     let (config, plan) = config();
-    let bytes = export::to_onnx(&plan, &burn_net(&plan), &metadata(&config), Precision::F32).unwrap();
+    let bytes =
+        export::to_onnx(&plan, &burn_net(&plan), &metadata(&config), Precision::F32).unwrap();
     let committed = std::fs::read(dir().join("model.onnx")).unwrap();
     assert!(
         bytes == committed,
@@ -130,7 +163,9 @@ fn regenerate() {
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     for step in 0..6 {
         let x = Tensor::<4>::random(input_shape(&plan, 8), Distribution::Uniform(0.0, 1.0), &ad);
-        let y: Vec<i64> = (0..8).map(|i| ((i * 7 + step) % LABELS.len()) as i64).collect();
+        let y: Vec<i64> = (0..8)
+            .map(|i| ((i * 7 + step) % LABELS.len()) as i64)
+            .collect();
         let y = Tensor::<1, Int>::from_data(TensorData::new(y, [8]), &ad);
         let loss = loss_fn.forward(net.forward(x), y);
         let grads = GradientsParams::from_grads(loss.backward(), &net);
@@ -147,10 +182,20 @@ fn regenerate() {
     let dev = Device::flex();
     let x = Tensor::<4>::random(input_shape(&plan, n), Distribution::Uniform(0.0, 1.0), &dev);
     let input: Vec<f32> = x.clone().try_into_vec_as::<f32>().unwrap();
-    std::fs::write(dir().join("input.bin"), input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        dir().join("input.bin"),
+        input
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let p: Vec<f32> = net.probabilities(x).try_into_vec_as::<f32>().unwrap();
     let rows: Vec<Vec<f32>> = p.chunks(LABELS.len()).map(<[f32]>::to_vec).collect();
-    let argmax: Vec<usize> = rows.iter().map(|r| fennec_runtime::classifier::top_k(r, 1)[0]).collect();
+    let argmax: Vec<usize> = rows
+        .iter()
+        .map(|r| fennec_runtime::classifier::top_k(r, 1)[0])
+        .collect();
     let expected = json!({
         "about": "burn's probabilities for input.bin (little-endian f32, NCHW) through weights.bpk; \
                   made by `cargo test -p fennec-e2e --test export_golden -- --ignored regenerate`",
@@ -159,5 +204,9 @@ fn regenerate() {
         "probabilities": rows,
         "argmax": argmax,
     });
-    std::fs::write(dir().join("expected.json"), serde_json::to_string_pretty(&expected).unwrap() + "\n").unwrap();
+    std::fs::write(
+        dir().join("expected.json"),
+        serde_json::to_string_pretty(&expected).unwrap() + "\n",
+    )
+    .unwrap();
 }

@@ -89,9 +89,15 @@ struct Case {
 }
 
 fn repo_config(name: &str, size: usize) -> Config {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs").join(format!("{name}.yaml"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(format!("{name}.yaml"));
     let mut c = Config::load(&path).unwrap();
-    c.input = Input { height: size, width: size, ..c.input };
+    c.input = Input {
+        height: size,
+        width: size,
+        ..c.input
+    };
     c
 }
 
@@ -109,7 +115,9 @@ fn train_a_little(plan: &Plan, seed: u64, steps: usize) -> Net {
     for step in 0..steps {
         let b = 8;
         let x = Tensor::<4>::random([b, c, h, w], Distribution::Uniform(0.0, 1.0), &ad);
-        let labels: Vec<i64> = (0..b).map(|i| ((i + step) % plan.num_classes) as i64).collect();
+        let labels: Vec<i64> = (0..b)
+            .map(|i| ((i + step) % plan.num_classes) as i64)
+            .collect();
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), &ad);
         let loss = loss_fn.forward(net.forward(x), y);
         let grads = GradientsParams::from_grads(loss.backward(), &net);
@@ -119,7 +127,9 @@ fn train_a_little(plan: &Plan, seed: u64, steps: usize) -> Net {
 }
 
 fn make_case(name: &str, config: &Config, classes: usize, seed: u64, precision: Precision) -> Case {
-    let plan = config.resolve(classes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let plan = config
+        .resolve(classes)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let net = train_a_little(&plan, seed, 5);
     let dev = Device::flex();
     let [c, h, w] = match plan.input {
@@ -130,10 +140,27 @@ fn make_case(name: &str, config: &Config, classes: usize, seed: u64, precision: 
     let input: Vec<f32> = x.clone().try_into_vec_as::<f32>().unwrap();
     let expected: Vec<f32> = net.probabilities(x).try_into_vec_as::<f32>().unwrap();
     let labels: Vec<String> = (0..classes).map(|i| format!("class_{i}")).collect();
-    let md = export::metadata(config, &labels, serde_json::json!({"epochs": 0, "test": name}));
-    let onnx = export::to_onnx(&plan, &net, &md, precision).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let tolerance = if precision == Precision::F16 { F16_TOLERANCE } else { TOLERANCE };
-    Case { name: name.into(), plan, onnx, precision, input, expected, tolerance }
+    let md = export::metadata(
+        config,
+        &labels,
+        serde_json::json!({"epochs": 0, "test": name}),
+    );
+    let onnx =
+        export::to_onnx(&plan, &net, &md, precision).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let tolerance = if precision == Precision::F16 {
+        F16_TOLERANCE
+    } else {
+        TOLERANCE
+    };
+    Case {
+        name: name.into(),
+        plan,
+        onnx,
+        precision,
+        input,
+        expected,
+        tolerance,
+    }
 }
 
 /// Every case, made once (burn's RNG is global: one thread makes them, in order).
@@ -146,11 +173,23 @@ fn cases() -> &'static [Case] {
             make_case("model_1", &repo_config("model_1", 24), 2, 1, Precision::F32),
             make_case("model_2", &repo_config("model_2", 24), 3, 2, Precision::F32),
             make_case("model_3", &repo_config("model_3", 24), 4, 3, Precision::F32),
-            make_case("fashion_model_3", &repo_config("fashion_model_3", 28), 10, 4, Precision::F32),
+            make_case(
+                "fashion_model_3",
+                &repo_config("fashion_model_3", 28),
+                10,
+                4,
+                Precision::F32,
+            ),
             make_case("every_layer_gap", &every_gap, 5, 5, Precision::F32),
             make_case("every_layer_flatten", &every_flat, 3, 6, Precision::F32),
             make_case("every_layer_gap_f16", &every_gap, 5, 5, Precision::F16),
-            make_case("model_3_f16", &repo_config("model_3", 24), 4, 3, Precision::F16),
+            make_case(
+                "model_3_f16",
+                &repo_config("model_3", 24),
+                4,
+                3,
+                Precision::F16,
+            ),
         ]
     })
 }
@@ -162,7 +201,11 @@ fn argmax(row: &[f32]) -> usize {
 /// Max |a - b| and the rows whose argmax differ.
 fn compare(got: &[f32], want: &[f32], classes: usize) -> (f32, Vec<usize>) {
     assert_eq!(got.len(), want.len());
-    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     let flips = got
         .chunks(classes)
         .zip(want.chunks(classes))
@@ -177,10 +220,18 @@ fn compare(got: &[f32], want: &[f32], classes: usize) -> (f32, Vec<usize>) {
 fn run_tract(case: &Case, dir: &Path) -> Vec<f32> {
     let path = dir.join(format!("{}.onnx", case.name));
     std::fs::write(&path, &case.onnx).unwrap();
-    let clf = Classifier::load(&path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-    assert_eq!(clf.info.output_kind, fennec_runtime::OutputKind::Probabilities, "{}", case.name);
+    let clf = Classifier::load(&path, &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    assert_eq!(
+        clf.info.output_kind,
+        fennec_runtime::OutputKind::Probabilities,
+        "{}",
+        case.name
+    );
     assert_eq!(clf.labels.len(), case.plan.num_classes);
-    let rows = clf.classify(&case.input, BATCH).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let rows = clf
+        .classify(&case.input, BATCH)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     rows.concat()
 }
 
@@ -199,10 +250,17 @@ fn tract_matches_burn_on_every_config() {
             flips.len()
         );
         if diff > case.tolerance || !flips.is_empty() {
-            failures.push(format!("{}: max diff {diff:e} (tolerance {:e}), argmax differs in rows {flips:?}", case.name, case.tolerance));
+            failures.push(format!(
+                "{}: max diff {diff:e} (tolerance {:e}), argmax differs in rows {flips:?}",
+                case.name, case.tolerance
+            ));
         }
     }
-    assert!(failures.is_empty(), "exported models disagree with burn:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "exported models disagree with burn:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -211,7 +269,10 @@ fn f16_export_halves_the_file() {
     let size = |name: &str| all.iter().find(|c| c.name == name).unwrap().onnx.len();
     let (f32_size, f16_size) = (size("model_3"), size("model_3_f16"));
     // Same weights (same seed), half the bytes each; graph and metadata add a little.
-    assert!(f16_size < f32_size * 52 / 100, "f16 {f16_size} bytes vs f32 {f32_size}");
+    assert!(
+        f16_size < f32_size * 52 / 100,
+        "f16 {f16_size} bytes vs f32 {f32_size}"
+    );
 }
 
 /// The Python interpreter to use: `FENNEC_PYTHON` or `python3`.
@@ -223,13 +284,22 @@ fn python() -> String {
 fn onnxruntime_and_onnx_checker_agree() {
     let py = python();
     let required = std::env::var("FENNEC_REQUIRE_ONNXRUNTIME").is_ok_and(|v| v == "1");
-    let probe = Command::new(&py).args(["-c", "import onnxruntime, onnx"]).output();
+    let probe = Command::new(&py)
+        .args(["-c", "import onnxruntime, onnx"])
+        .output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         let why = match &probe {
-            Ok(o) => String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string(),
+            Ok(o) => String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string(),
             Err(e) => e.to_string(),
         };
-        assert!(!required, "FENNEC_REQUIRE_ONNXRUNTIME=1 but `{py} -c 'import onnxruntime, onnx'` failed: {why}");
+        assert!(
+            !required,
+            "FENNEC_REQUIRE_ONNXRUNTIME=1 but `{py} -c 'import onnxruntime, onnx'` failed: {why}"
+        );
         eprintln!(
             "SKIP onnxruntime_and_onnx_checker_agree: `{py}` cannot import onnxruntime and onnx ({why}); \
              pip install -r .ci/requirements.txt, or set FENNEC_PYTHON to a Python that has them"
@@ -258,10 +328,22 @@ fn onnxruntime_and_onnx_checker_agree() {
             "tolerance": case.tolerance,
         }));
     }
-    std::fs::write(dir.path().join("cases.json"), serde_json::to_vec_pretty(&list).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("cases.json"),
+        serde_json::to_vec_pretty(&list).unwrap(),
+    )
+    .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("check_onnx.py");
-    let out = Command::new(&py).arg(&script).arg(dir.path()).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("{text}");
     assert!(out.status.success(), "{} failed:\n{text}", script.display());
 }

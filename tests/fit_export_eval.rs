@@ -43,24 +43,46 @@ fn runtime_accuracy_equals_trainer_accuracy() {
     }
     // Test images whose colour is between two classes, so predictions depend on the
     // fine detail of the weights and accuracy is not trivially 0 or 1.
-    for (i, (class, rgb)) in
-        [("blue", [90, 60, 170]), ("green", [60, 150, 120]), ("red", [170, 120, 60]), ("blue", [120, 40, 120])]
-            .into_iter()
-            .enumerate()
+    for (i, (class, rgb)) in [
+        ("blue", [90, 60, 170]),
+        ("green", [60, 150, 120]),
+        ("red", [170, 120, 60]),
+        ("blue", [120, 40, 120]),
+    ]
+    .into_iter()
+    .enumerate()
     {
         for j in 0..3 {
             let img = color_image(9 + j, 10, rgb, 100 + i as u32 * 3 + j);
-            save(&img, &data.join("test").join(class).join(format!("mixed_{i}_{j}.png")));
+            save(
+                &img,
+                &data
+                    .join("test")
+                    .join(class)
+                    .join(format!("mixed_{i}_{j}.png")),
+            );
         }
     }
     let cfg = d.path().join("tiny.yaml");
     std::fs::write(&cfg, CONFIG).unwrap();
     let run = d.path().join("run");
-    fennec_train!("fit", cfg, "--data", data, "--out", run, "--threads", "1", "--quiet").ok();
+    fennec_train!(
+        "fit",
+        cfg,
+        "--data",
+        data,
+        "--out",
+        run,
+        "--threads",
+        "1",
+        "--quiet"
+    )
+    .ok();
     assert!(run.join("model.onnx").is_file(), "fit exports model.onnx");
 
     let onnx = d.path().join("exported.onnx");
-    let report = json(&fennec_train!("export", run, "--checkpoint", "last", "-o", onnx, "--json").ok());
+    let report =
+        json(&fennec_train!("export", run, "--checkpoint", "last", "-o", onnx, "--json").ok());
     assert_eq!(report["epoch"], 4);
     let md = &report["metadata"];
     assert_eq!(md["labels"], serde_json::json!(["blue", "green", "red"]));
@@ -74,12 +96,22 @@ fn runtime_accuracy_equals_trainer_accuracy() {
 
     let test = data.join("test");
     let runtime = json(&fennec!("eval", onnx, test, "--json", "-", "-q").ok());
-    let trainer = json(&fennec_train!("evaluate", run, test, "--checkpoint", "last", "--json").ok());
+    let trainer =
+        json(&fennec_train!("evaluate", run, test, "--checkpoint", "last", "--json").ok());
     assert_eq!(runtime["images"], 30);
     assert_eq!(trainer["images"], 30);
-    let (a_rt, a_tr) = (runtime["accuracy"].as_f64().unwrap(), trainer["accuracy"].as_f64().unwrap());
-    eprintln!("accuracy on {}: fennec eval {a_rt}, fennec-train evaluate {a_tr}", test.display());
-    assert_eq!(a_rt, a_tr, "runtime and trainer disagree on the same checkpoint and folder");
+    let (a_rt, a_tr) = (
+        runtime["accuracy"].as_f64().unwrap(),
+        trainer["accuracy"].as_f64().unwrap(),
+    );
+    eprintln!(
+        "accuracy on {}: fennec eval {a_rt}, fennec-train evaluate {a_tr}",
+        test.display()
+    );
+    assert_eq!(
+        a_rt, a_tr,
+        "runtime and trainer disagree on the same checkpoint and folder"
+    );
 
     // Self-describing: labels and preprocessing come from the file.
     let info = json(&fennec!("info", onnx, "--json").ok());
@@ -96,6 +128,11 @@ fn runtime_accuracy_equals_trainer_accuracy() {
 fn assert_same_prediction_file(fit_model: &Path, exported: &Path, run: &Path) {
     let a = json(&fennec!("info", fit_model, "--json").ok());
     let b = json(&fennec!("info", exported, "--json").ok());
-    let hash = |v: &Value| v["model"]["metadata"]["weights_hash"].as_str().unwrap().to_string();
+    let hash = |v: &Value| {
+        v["model"]["metadata"]["weights_hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(hash(&a), hash(&b), "{}", run.display());
 }

@@ -75,7 +75,10 @@ pub enum ExportError {
     #[error("cannot read the weights of {layer}: {reason}")]
     Weights { layer: String, reason: String },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
 }
@@ -163,19 +166,30 @@ impl Weights<'_> {
             Precision::F32 => self.g.weight(name, &dims, values),
             Precision::F16 => {
                 let half = self.g.weight_f16(&format!("{name}.f16"), &dims, values);
-                self.g.node("Cast", &[&half], vec![("to", Attr::Int(FLOAT))], Some(name))
+                self.g
+                    .node("Cast", &[&half], vec![("to", Attr::Int(FLOAT))], Some(name))
             }
         }
     }
 }
 
 /// Reads a parameter tensor, checking its shape.
-fn values<const D: usize>(t: Tensor<D>, want: [usize; D], layer: &str) -> Result<Vec<f32>, ExportError> {
+fn values<const D: usize>(
+    t: Tensor<D>,
+    want: [usize; D],
+    layer: &str,
+) -> Result<Vec<f32>, ExportError> {
     let got = t.dims();
     if got != want {
-        return Err(ExportError::Mismatch(format!("{layer}: weight shape {got:?}, the config needs {want:?}")));
+        return Err(ExportError::Mismatch(format!(
+            "{layer}: weight shape {got:?}, the config needs {want:?}"
+        )));
     }
-    t.try_into_vec_as::<f32>().map_err(|e| ExportError::Weights { layer: layer.into(), reason: e.to_string() })
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| ExportError::Weights {
+            layer: layer.into(),
+            reason: e.to_string(),
+        })
 }
 
 fn module_kind(layer: &Layer) -> &'static str {
@@ -215,7 +229,8 @@ fn build_graph(
         )));
     }
     if let Some(p) = &metadata.preprocess
-        && (p.channels(), p.height as usize, p.width as usize, p.layout) != (c, h, w, fennec_runtime::Layout::Nchw)
+        && (p.channels(), p.height as usize, p.width as usize, p.layout)
+            != (c, h, w, fennec_runtime::Layout::Nchw)
     {
         return Err(ExportError::Metadata(format!(
             "preprocessing gives {}x{}x{} {:?} images, the model takes {h}x{w}x{c} NCHW",
@@ -237,16 +252,29 @@ fn build_graph(
     }
 
     let mut g = GraphBuilder::new(metadata.model_name.as_deref().unwrap_or("fennec"));
-    g.input(INPUT, &[None, Some(c as i64), Some(h as i64), Some(w as i64)]);
-    let mut wts = Weights { g: &mut g, precision, count: 0 };
+    g.input(
+        INPUT,
+        &[None, Some(c as i64), Some(h as i64), Some(w as i64)],
+    );
+    let mut wts = Weights {
+        g: &mut g,
+        precision,
+        count: 0,
+    };
     let mut x = INPUT.to_string();
     for (l, block) in plan.layers.iter().zip(&net.blocks) {
         let name = format!("layers.{}.{}", l.index, l.spec.kind());
-        let mismatch =
-            || ExportError::Mismatch(format!("{name} is a {} module in the network", module_kind(&block.layer)));
+        let mismatch = || {
+            ExportError::Mismatch(format!(
+                "{name} is a {} module in the network",
+                module_kind(&block.layer)
+            ))
+        };
         x = match (&l.spec, &block.layer) {
             (LayerSpec::Conv2d(spec), Layer::Conv(conv)) => {
-                let (Shape::Map([cin, ..]), Some(pads)) = (l.input, l.pads) else { return Err(mismatch()) };
+                let (Shape::Map([cin, ..]), Some(pads)) = (l.input, l.pads) else {
+                    return Err(mismatch());
+                };
                 let k = spec.kernel;
                 let wv = values(conv.weight.val(), [spec.filters, cin, k, k], &name)?;
                 let wn = wts.add(&format!("{name}.weight"), &[spec.filters, cin, k, k], &wv);
@@ -267,11 +295,17 @@ fn build_graph(
                     None,
                 )
             }
-            (LayerSpec::Maxpool2d(p), Layer::MaxPool(_)) | (LayerSpec::Avgpool2d(p), Layer::AvgPool(_)) => {
-                let Some(pads) = l.pads else { return Err(mismatch()) };
+            (LayerSpec::Maxpool2d(p), Layer::MaxPool(_))
+            | (LayerSpec::Avgpool2d(p), Layer::AvgPool(_)) => {
+                let Some(pads) = l.pads else {
+                    return Err(mismatch());
+                };
                 let s = p.stride.unwrap_or(p.size);
-                let mut attrs =
-                    vec![("kernel_shape", ints([p.size, p.size])), ("strides", ints([s, s])), ("pads", ints(pads))];
+                let mut attrs = vec![
+                    ("kernel_shape", ints([p.size, p.size])),
+                    ("strides", ints([s, s])),
+                    ("pads", ints(pads)),
+                ];
                 let op = if matches!(l.spec, LayerSpec::Maxpool2d(_)) {
                     "MaxPool"
                 } else {
@@ -298,16 +332,27 @@ fn build_graph(
                     names.push(wts.add(&format!("{name}.{part}"), &[n], &v));
                 }
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                wts.g.node("BatchNormalization", &names, vec![("epsilon", Attr::Float(bn.epsilon as f32))], None)
+                wts.g.node(
+                    "BatchNormalization",
+                    &names,
+                    vec![("epsilon", Attr::Float(bn.epsilon as f32))],
+                    None,
+                )
             }
             (LayerSpec::Dropout(_), Layer::Dropout(_)) => x,
-            (LayerSpec::Flatten, Layer::Flatten(_)) => wts.g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], None),
+            (LayerSpec::Flatten, Layer::Flatten(_)) => {
+                wts.g
+                    .node("Flatten", &[&x], vec![("axis", Attr::Int(1))], None)
+            }
             (LayerSpec::GlobalAveragePool, Layer::GlobalAvgPool(_)) => {
                 let pooled = wts.g.node("GlobalAveragePool", &[&x], vec![], None);
-                wts.g.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))], None)
+                wts.g
+                    .node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))], None)
             }
             (LayerSpec::Dense(_), Layer::Dense(dense)) => {
-                let (Shape::Flat(d_in), Shape::Flat(d_out)) = (l.input, l.output) else { return Err(mismatch()) };
+                let (Shape::Flat(d_in), Shape::Flat(d_out)) = (l.input, l.output) else {
+                    return Err(mismatch());
+                };
                 let wv = values(dense.weight.val(), [d_in, d_out], &name)?;
                 let wn = wts.add(&format!("{name}.weight"), &[d_in, d_out], &wv);
                 let mut inputs = vec![x.clone(), wn];
@@ -317,7 +362,8 @@ fn build_graph(
                 }
                 let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
                 // B = W [d_in, d_out] as stored: y = x W + b, so transB = 0.
-                wts.g.node("Gemm", &inputs, vec![("transB", Attr::Int(0))], None)
+                wts.g
+                    .node("Gemm", &inputs, vec![("transB", Attr::Int(0))], None)
             }
             _ => return Err(mismatch()),
         };
@@ -344,15 +390,30 @@ pub fn write_onnx(
     out: &Path,
 ) -> Result<ExportReport, ExportError> {
     let (bytes, parameters, metadata) = encode(plan, net, metadata, precision)?;
-    fennec_runtime::atomic::write_bytes_atomic(out, &bytes)
-        .map_err(|source| ExportError::Io { path: out.into(), source })?;
+    fennec_runtime::atomic::write_bytes_atomic(out, &bytes).map_err(|source| ExportError::Io {
+        path: out.into(),
+        source,
+    })?;
     let weights_hash = metadata.weights_hash.clone().unwrap_or_default();
-    Ok(ExportReport { path: out.into(), bytes: bytes.len(), precision, parameters, weights_hash, epoch: None, metadata })
+    Ok(ExportReport {
+        path: out.into(),
+        bytes: bytes.len(),
+        precision,
+        parameters,
+        weights_hash,
+        epoch: None,
+        metadata,
+    })
 }
 
 /// Exports checkpoint `which` of the run in `run_dir` to `out` (written atomically),
 /// with the run's labels, preprocessing and a training summary in the metadata.
-pub fn export_run(run_dir: &Path, which: Which, out: &Path, precision: Precision) -> Result<ExportReport, ExportError> {
+pub fn export_run(
+    run_dir: &Path,
+    which: Which,
+    out: &Path,
+    precision: Precision,
+) -> Result<ExportReport, ExportError> {
     let run = Run::open(run_dir)?;
     let (net, record) = run.load_net(which, &export_device())?;
     let training = training_summary(&run, which, record.epoch)?;
@@ -364,7 +425,11 @@ pub fn export_run(run_dir: &Path, which: Which, out: &Path, precision: Precision
 
 /// The `fennec.training` JSON of a run's checkpoint: which epoch, its metrics, how
 /// long the run trained, the data it saw and how.
-fn training_summary(run: &Run, which: Which, epoch: usize) -> Result<serde_json::Value, ExportError> {
+fn training_summary(
+    run: &Run,
+    which: Which,
+    epoch: usize,
+) -> Result<serde_json::Value, ExportError> {
     use serde_json::{Value, json};
     let state = run.state(epoch)?;
     let record = state.record();
@@ -391,8 +456,11 @@ fn training_summary(run: &Run, which: Which, epoch: usize) -> Result<serde_json:
     // Dataset sizes from summary.json, when fit has written it.
     let path = run.dir.join(SUMMARY_FILE);
     if let Ok(bytes) = std::fs::read(&path) {
-        let summary: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| CheckpointError::Invalid { path: path.clone(), message: e.to_string() })?;
+        let summary: Value =
+            serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         let images = |split: &str| summary["data"][split]["images"].as_u64();
         t["dataset"] = json!({
             "train": images("train"),
@@ -453,18 +521,44 @@ layers:
         assert_eq!(
             ops,
             [
-                "Conv", "Relu", "BatchNormalization", "MaxPool", "AveragePool", "Conv", "Tanh",
-                "GlobalAveragePool", "Flatten", "Gemm", "Sigmoid", "BatchNormalization", "Gemm", "Softmax"
+                "Conv",
+                "Relu",
+                "BatchNormalization",
+                "MaxPool",
+                "AveragePool",
+                "Conv",
+                "Tanh",
+                "GlobalAveragePool",
+                "Flatten",
+                "Gemm",
+                "Sigmoid",
+                "BatchNormalization",
+                "Gemm",
+                "Softmax"
             ]
         );
         assert_eq!(g.input[0].name, INPUT);
         assert_eq!(g.output[0].name, OUTPUT);
         let keys: Vec<&str> = m.metadata_props.iter().map(|p| p.key.as_str()).collect();
-        for k in ["fennec.labels", "fennec.preprocess", "fennec.weights_sha256", "fennec.output", "fennec.version"] {
+        for k in [
+            "fennec.labels",
+            "fennec.preprocess",
+            "fennec.weights_sha256",
+            "fennec.output",
+            "fennec.version",
+        ] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
         // 9 -> same maxpool 2 -> 5 (pad at the end), same avgpool on 5 -> 3.
-        let pads = |i: usize| g.node[i].attribute.iter().find(|a| a.name == "pads").unwrap().ints.clone();
+        let pads = |i: usize| {
+            g.node[i]
+                .attribute
+                .iter()
+                .find(|a| a.name == "pads")
+                .unwrap()
+                .ints
+                .clone()
+        };
         assert_eq!(pads(3), [0, 0, 1, 1]);
         assert_eq!(pads(4), [0, 0, 1, 1]);
         assert_eq!(pads(0), [1, 1, 1, 1]);
@@ -475,14 +569,28 @@ layers:
         let config = Config::parse(ALL, "all").unwrap();
         let plan = config.resolve(3).unwrap();
         let net = Net::new(&plan, &export_device());
-        let md = metadata(&config, &["a", "b", "c"].map(String::from), serde_json::json!({}));
+        let md = metadata(
+            &config,
+            &["a", "b", "c"].map(String::from),
+            serde_json::json!({}),
+        );
         let a = to_onnx(&plan, &net, &md, Precision::F32).unwrap();
         assert_eq!(a, to_onnx(&plan, &net, &md, Precision::F32).unwrap());
         let h = to_onnx(&plan, &net, &md, Precision::F16).unwrap();
         let g = pb::ModelProto::decode(&h[..]).unwrap().graph.unwrap();
-        let f16 = g.initializer.iter().filter(|t| t.data_type == pb::tensor_proto::DataType::Float16 as i32);
-        assert_eq!(f16.count(), g.initializer.len(), "every weight stored as f16");
-        assert_eq!(g.node.iter().filter(|n| n.op_type == "Cast").count(), g.initializer.len());
+        let f16 = g
+            .initializer
+            .iter()
+            .filter(|t| t.data_type == pb::tensor_proto::DataType::Float16 as i32);
+        assert_eq!(
+            f16.count(),
+            g.initializer.len(),
+            "every weight stored as f16"
+        );
+        assert_eq!(
+            g.node.iter().filter(|n| n.op_type == "Cast").count(),
+            g.initializer.len()
+        );
     }
 
     #[test]
@@ -490,12 +598,27 @@ layers:
         let config = Config::parse(ALL, "all").unwrap();
         let plan = config.resolve(3).unwrap();
         let net = Net::new(&plan, &export_device());
-        let md = metadata(&config, &["a", "b"].map(String::from), serde_json::json!({}));
-        let e = to_onnx(&plan, &net, &md, Precision::F32).unwrap_err().to_string();
+        let md = metadata(
+            &config,
+            &["a", "b"].map(String::from),
+            serde_json::json!({}),
+        );
+        let e = to_onnx(&plan, &net, &md, Precision::F32)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 labels for a model with 3 outputs"), "{e}");
         let other = config.resolve(4).unwrap();
-        let md = metadata(&config, &["a", "b", "c", "d"].map(String::from), serde_json::json!({}));
-        let e = to_onnx(&other, &net, &md, Precision::F32).unwrap_err().to_string();
-        assert!(e.contains("layers.8.batchnorm") || e.contains("layers.9.dense"), "{e}");
+        let md = metadata(
+            &config,
+            &["a", "b", "c", "d"].map(String::from),
+            serde_json::json!({}),
+        );
+        let e = to_onnx(&other, &net, &md, Precision::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layers.8.batchnorm") || e.contains("layers.9.dense"),
+            "{e}"
+        );
     }
 }

@@ -34,7 +34,10 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> Result<ExitCode> {
-    let out = args.output.clone().unwrap_or_else(|| args.run_dir.join("model.onnx"));
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| args.run_dir.join("model.onnx"));
     let report = export_run(&args.run_dir, args.checkpoint, &out, args.precision)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
@@ -44,15 +47,26 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
     let md = &report.metadata;
     let training = md.training.as_ref();
     let val = training.and_then(|t| t["val_accuracy"].as_f64());
-    let epoch = report.epoch.map_or_else(String::new, |e| format!(" epoch {e} ({})", args.checkpoint));
-    writeln!(stdout, "exported {}{epoch} -> {}", args.run_dir.display(), out.display())?;
+    let epoch = report
+        .epoch
+        .map_or_else(String::new, |e| format!(" epoch {e} ({})", args.checkpoint));
+    writeln!(
+        stdout,
+        "exported {}{epoch} -> {}",
+        args.run_dir.display(),
+        out.display()
+    )?;
     writeln!(
         stdout,
         "  {} bytes, {} weights, {} precision, {}",
         report.bytes, report.parameters, report.precision, report.weights_hash
     )?;
     if let Some(v) = val {
-        writeln!(stdout, "  validation accuracy at that epoch: {:.2} %", v * 100.0)?;
+        writeln!(
+            stdout,
+            "  validation accuracy at that epoch: {:.2} %",
+            v * 100.0
+        )?;
     }
     if let Some(labels) = &md.labels {
         writeln!(stdout, "  labels ({}): {}", labels.len(), labels.join(", "))?;
