@@ -121,6 +121,39 @@ fn runtime_accuracy_equals_trainer_accuracy() {
     let out = fennec!("predict", onnx, one).ok();
     assert!(out.contains("red"), "{out}");
     assert_same_prediction_file(&run.join("model.onnx"), &onnx, &run);
+
+    // Bad input: one error line naming the problem, exit 1, nothing half-written.
+    fennec_train!("export", d.path().join("nope"), "-o", onnx)
+        .fails(1, &["nope", "not a fennec run"]);
+    fennec_train!("export", run, "--checkpoint", "99").fails(1, &["epoch 99", "kept"]);
+    let missing = d.path().join("no/such/dir/m.onnx");
+    fennec_train!("export", run, "-o", missing).fails(1, &["no/such/dir/m.onnx"]);
+    assert!(!d.path().join("no").exists());
+    assert_eq!(
+        fennec_train!("export", run, "--checkpoint", "soon").code(),
+        2
+    );
+    assert_eq!(fennec_train!("export", run, "--precision", "f8").code(), 2);
+    let before = std::fs::read(&onnx).unwrap();
+    let f16 = d.path().join("half.onnx");
+    fennec_train!(
+        "export",
+        run,
+        "--checkpoint",
+        "last",
+        "--precision",
+        "f16",
+        "-o",
+        f16
+    )
+    .ok();
+    let rt16 = json(&fennec!("eval", f16, test, "--json", "-", "-q").ok());
+    eprintln!("f16 export: accuracy {}", rt16["accuracy"]);
+    assert_eq!(
+        std::fs::read(&onnx).unwrap(),
+        before,
+        "other files untouched"
+    );
 }
 
 /// fit's own model.onnx is the export of its result epoch (the last one here: no
