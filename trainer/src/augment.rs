@@ -70,7 +70,11 @@ impl Transform {
     /// # Panics
     /// When `pixels.len() != height * width * channels`.
     pub fn apply(&self, pixels: &mut [u8], height: usize, width: usize, channels: usize) {
-        assert_eq!(pixels.len(), height * width * channels, "pixel buffer does not match {height}x{width}x{channels}");
+        assert_eq!(
+            pixels.len(),
+            height * width * channels,
+            "pixel buffer does not match {height}x{width}x{channels}"
+        );
         if pixels.is_empty() {
             return;
         }
@@ -99,7 +103,10 @@ impl Transform {
     fn resample(&self, pixels: &mut [u8], height: usize, width: usize, channels: usize) {
         let src = pixels.to_vec();
         let (sin, cos) = (self.rotation as f64).to_radians().sin_cos();
-        let (zr, zc) = (self.zoom_rows as f64, self.zoom_cols as f64 * if self.flip { -1.0 } else { 1.0 });
+        let (zr, zc) = (
+            self.zoom_rows as f64,
+            self.zoom_cols as f64 * if self.flip { -1.0 } else { 1.0 },
+        );
         // A = R · diag(zr, zc); offset = centre + R t - A centre.
         let a = [[cos * zr, -sin * zc], [sin * zr, cos * zc]];
         let (cr, cc) = ((height as f64 - 1.0) / 2.0, (width as f64 - 1.0) / 2.0);
@@ -121,8 +128,10 @@ impl Transform {
                 let (i00, i01) = (y0 * stride + x0 * channels, y0 * stride + x1 * channels);
                 let (i10, i11) = (y1 * stride + x0 * channels, y1 * stride + x1 * channels);
                 for (k, o) in out.iter_mut().enumerate() {
-                    let top = src[i00 + k] as f32 + fx * (src[i01 + k] as f32 - src[i00 + k] as f32);
-                    let bottom = src[i10 + k] as f32 + fx * (src[i11 + k] as f32 - src[i10 + k] as f32);
+                    let top =
+                        src[i00 + k] as f32 + fx * (src[i01 + k] as f32 - src[i00 + k] as f32);
+                    let bottom =
+                        src[i10 + k] as f32 + fx * (src[i11 + k] as f32 - src[i10 + k] as f32);
                     *o = (top + fy * (bottom - top) + 0.5) as u8;
                 }
             }
@@ -173,19 +182,39 @@ impl Augmenter {
         let flip = uniform(0.0, 1.0) < 0.5 && s.horizontal_flip;
         let [lo, hi] = s.brightness.unwrap_or([1.0, 1.0]);
         let brightness = uniform(lo, hi);
-        Transform { rotation, shift_rows, shift_cols, zoom_rows, zoom_cols, flip, brightness }
+        Transform {
+            rotation,
+            shift_rows,
+            shift_cols,
+            zoom_rows,
+            zoom_cols,
+            flip,
+            brightness,
+        }
     }
 
     /// In place on HxWxC interleaved u8 pixels; the same seed gives the same result.
     ///
     /// # Panics
     /// When `pixels.len() != height * width * channels`.
-    pub fn apply(&self, pixels: &mut [u8], height: usize, width: usize, channels: usize, seed: u64) {
-        assert_eq!(pixels.len(), height * width * channels, "pixel buffer does not match {height}x{width}x{channels}");
+    pub fn apply(
+        &self,
+        pixels: &mut [u8],
+        height: usize,
+        width: usize,
+        channels: usize,
+        seed: u64,
+    ) {
+        assert_eq!(
+            pixels.len(),
+            height * width * channels,
+            "pixel buffer does not match {height}x{width}x{channels}"
+        );
         if self.is_identity() {
             return;
         }
-        self.draw(seed, height, width).apply(pixels, height, width, channels);
+        self.draw(seed, height, width)
+            .apply(pixels, height, width, channels);
     }
 }
 
@@ -195,7 +224,9 @@ mod tests {
 
     /// A `h x w x c` image whose every byte is distinct-ish and position-dependent.
     fn ramp(h: usize, w: usize, c: usize) -> Vec<u8> {
-        (0..h * w * c).map(|i| ((i * 37 + i / c * 11) % 251) as u8).collect()
+        (0..h * w * c)
+            .map(|i| ((i * 37 + i / c * 11) % 251) as u8)
+            .collect()
     }
 
     fn px(img: &[u8], w: usize, c: usize, r: usize, col: usize) -> &[u8] {
@@ -216,14 +247,26 @@ mod tests {
             a.apply(&mut img, 7, 5, 3, seed);
             assert_eq!(img, orig);
         }
-        let unit_brightness = Augmentation { brightness: Some([1.0, 1.0]), ..spec() };
+        let unit_brightness = Augmentation {
+            brightness: Some([1.0, 1.0]),
+            ..spec()
+        };
         assert!(Augmenter::new(&unit_brightness).is_identity());
-        assert!(!Augmenter::new(&Augmentation { zoom: 0.1, ..spec() }).is_identity());
+        assert!(
+            !Augmenter::new(&Augmentation {
+                zoom: 0.1,
+                ..spec()
+            })
+            .is_identity()
+        );
     }
 
     #[test]
     fn flip_is_exact_and_about_half_the_time() {
-        let a = Augmenter::new(&Augmentation { horizontal_flip: true, ..spec() });
+        let a = Augmenter::new(&Augmentation {
+            horizontal_flip: true,
+            ..spec()
+        });
         let (h, w) = (4, 5);
         for c in [1, 3] {
             let orig = ramp(h, w, c);
@@ -280,14 +323,22 @@ mod tests {
         let (h, w, c) = (6, 8, 3);
         let orig = ramp(h, w, c);
         let mut img = orig.clone();
-        let t = Transform { shift_rows: 2.0, shift_cols: -3.0, ..Transform::IDENTITY };
+        let t = Transform {
+            shift_rows: 2.0,
+            shift_cols: -3.0,
+            ..Transform::IDENTITY
+        };
         t.apply(&mut img, h, w, c);
         for r in 0..h {
             for col in 0..w {
                 // Source = output + shift, clamped to the edge ('nearest' fill).
                 let sr = (r + 2).min(h - 1);
                 let sc = (col as i64 - 3).max(0) as usize;
-                assert_eq!(px(&img, w, c, r, col), px(&orig, w, c, sr, sc), "at {r},{col}");
+                assert_eq!(
+                    px(&img, w, c, r, col),
+                    px(&orig, w, c, sr, sc),
+                    "at {r},{col}"
+                );
             }
         }
     }
@@ -297,16 +348,28 @@ mod tests {
         let (n, c) = (5, 3);
         let orig = ramp(n, n, c);
         let mut img = orig.clone();
-        Transform { rotation: 90.0, ..Transform::IDENTITY }.apply(&mut img, n, n, c);
+        Transform {
+            rotation: 90.0,
+            ..Transform::IDENTITY
+        }
+        .apply(&mut img, n, n, c);
         for r in 0..n {
             for col in 0..n {
                 // Clockwise: the left column, read bottom-up, becomes the top row.
-                assert_eq!(px(&img, n, c, r, col), px(&orig, n, c, n - 1 - col, r), "at {r},{col}");
+                assert_eq!(
+                    px(&img, n, c, r, col),
+                    px(&orig, n, c, n - 1 - col, r),
+                    "at {r},{col}"
+                );
             }
         }
         // Four quarter turns give the original back.
         for _ in 0..3 {
-            Transform { rotation: 90.0, ..Transform::IDENTITY }.apply(&mut img, n, n, c);
+            Transform {
+                rotation: 90.0,
+                ..Transform::IDENTITY
+            }
+            .apply(&mut img, n, n, c);
         }
         assert_eq!(img, orig);
     }
@@ -317,24 +380,45 @@ mod tests {
         let (h, w, c) = (3, 6, 1);
         let orig = ramp(h, w, c);
         let mut a = orig.clone();
-        Transform { flip: true, rotation: 1e-9, ..Transform::IDENTITY }.apply(&mut a, h, w, c);
+        Transform {
+            flip: true,
+            rotation: 1e-9,
+            ..Transform::IDENTITY
+        }
+        .apply(&mut a, h, w, c);
         let mut b = orig.clone();
-        Transform { flip: true, ..Transform::IDENTITY }.apply(&mut b, h, w, c);
+        Transform {
+            flip: true,
+            ..Transform::IDENTITY
+        }
+        .apply(&mut b, h, w, c);
         assert_eq!(a, b);
         // Zoom 0.5 on a linear ramp halves its slope about the centre.
         let line: Vec<u8> = (0..9).map(|i| i * 20).collect();
         let mut z = line.clone();
-        Transform { zoom_cols: 0.5, ..Transform::IDENTITY }.apply(&mut z, 1, 9, 1);
+        Transform {
+            zoom_cols: 0.5,
+            ..Transform::IDENTITY
+        }
+        .apply(&mut z, 1, 9, 1);
         assert_eq!(z, vec![40, 50, 60, 70, 80, 90, 100, 110, 120]);
     }
 
     #[test]
     fn brightness_scales_and_clamps() {
         let mut img = vec![0, 10, 100, 127, 128, 200, 255];
-        Transform { brightness: 2.0, ..Transform::IDENTITY }.apply(&mut img, 1, 7, 1);
+        Transform {
+            brightness: 2.0,
+            ..Transform::IDENTITY
+        }
+        .apply(&mut img, 1, 7, 1);
         assert_eq!(img, vec![0, 20, 200, 254, 255, 255, 255]);
         let mut img = vec![0, 3, 100, 255];
-        Transform { brightness: 0.5, ..Transform::IDENTITY }.apply(&mut img, 1, 4, 1);
+        Transform {
+            brightness: 0.5,
+            ..Transform::IDENTITY
+        }
+        .apply(&mut img, 1, 4, 1);
         assert_eq!(img, vec![0, 1, 50, 127]);
     }
 

@@ -29,7 +29,10 @@ pub enum PlotError {
     #[error("{path}: cannot draw the plot: {reason}")]
     Draw { path: PathBuf, reason: String },
     #[error("{path}: cannot write: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The embedded font for drawing text with `ab_glyph` directly (previews).
@@ -57,7 +60,10 @@ pub fn plot_history(dir: &Path, history: &[EpochRecord]) -> Result<(), PlotError
     }
     let (w, h) = PLOT_SIZE;
     let mut buf = vec![0u8; w as usize * h as usize * 3];
-    draw(&mut buf, history).map_err(|reason| PlotError::Draw { path: path.clone(), reason })?;
+    draw(&mut buf, history).map_err(|reason| PlotError::Draw {
+        path: path.clone(),
+        reason,
+    })?;
     write_atomic(&path, |out| {
         image::codecs::png::PngEncoder::new(out)
             .write_image(&buf, w, h, image::ExtendedColorType::Rgb8)
@@ -78,7 +84,11 @@ struct Panel<'a> {
 fn draw(buf: &mut [u8], history: &[EpochRecord]) -> Result<(), String> {
     register_embedded_font()?;
     let points = |f: fn(&EpochRecord) -> f64| -> Vec<(f64, f64)> {
-        history.iter().map(|r| (r.epoch as f64, f(r))).filter(|(_, y)| y.is_finite()).collect()
+        history
+            .iter()
+            .map(|r| (r.epoch as f64, f(r)))
+            .filter(|(_, y)| y.is_finite())
+            .collect()
     };
     let panels = [
         Panel {
@@ -119,9 +129,15 @@ fn draw_panel(
     epochs: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let ys = p.train.iter().chain(&p.val).map(|&(_, y)| y);
-    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+        (lo.min(y), hi.max(y))
+    });
     let (mut lo, mut hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let pad = ((hi - lo) * 0.08).max(if p.unit { 0.02 } else { 0.05 * hi.abs().max(1e-3) });
+    let pad = ((hi - lo) * 0.08).max(if p.unit {
+        0.02
+    } else {
+        0.05 * hi.abs().max(1e-3)
+    });
     lo -= pad;
     hi += pad;
     if p.unit {
@@ -148,7 +164,11 @@ fn draw_panel(
         .x_labels(epochs.clamp(2, 12))
         .x_label_formatter(&|x| {
             // Epochs are whole numbers: label only the integer ticks.
-            if (x - x.round()).abs() < 1e-6 { format!("{}", x.round() as i64) } else { String::new() }
+            if (x - x.round()).abs() < 1e-6 {
+                format!("{}", x.round() as i64)
+            } else {
+                String::new()
+            }
         })
         .y_label_formatter(&y_format)
         .label_style(("sans-serif", 15))
@@ -158,18 +178,29 @@ fn draw_panel(
 
     let train_color = RGBColor(31, 119, 180);
     let val_color = RGBColor(255, 127, 14);
-    for (points, color, name) in [(&p.train, train_color, "train"), (&p.val, val_color, "validation")] {
+    for (points, color, name) in [
+        (&p.train, train_color, "train"),
+        (&p.val, val_color, "validation"),
+    ] {
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)).point_size(3))?
+            .draw_series(
+                LineSeries::new(points.iter().copied(), color.stroke_width(2)).point_size(3),
+            )?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
         .label_font(("sans-serif", 16))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
-        .position(if p.unit { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
+        .position(if p.unit {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperRight
+        })
         .draw()?;
     Ok(())
 }
@@ -199,7 +230,9 @@ mod tests {
     #[test]
     fn writes_a_png_with_both_curves() {
         let dir = tempfile::tempdir().unwrap();
-        let h: Vec<_> = (1..=10).map(|e| record(e, 1.0 / e as f64, 0.5 + 0.04 * e as f64)).collect();
+        let h: Vec<_> = (1..=10)
+            .map(|e| record(e, 1.0 / e as f64, 0.5 + 0.04 * e as f64))
+            .collect();
         plot_history(dir.path(), &h).unwrap();
         let img = read_png(&dir.path().join("history.png"));
         assert_eq!(img.dimensions(), PLOT_SIZE);
@@ -207,7 +240,10 @@ mod tests {
         assert!(has([31, 119, 180]) > 500, "train curve drawn");
         assert!(has([255, 127, 14]) > 500, "validation curve drawn");
         // Text is drawn (dark anti-aliased pixels besides the black axes).
-        let grey = img.pixels().filter(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2] && (30..200).contains(&p.0[0])).count();
+        let grey = img
+            .pixels()
+            .filter(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2] && (30..200).contains(&p.0[0]))
+            .count();
         assert!(grey > 300, "labels drawn ({grey} grey pixels)");
         // Nothing else left behind in the folder.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -219,7 +255,10 @@ mod tests {
         let mut r = record(1, 0.7, 0.5);
         r.val_loss = f64::NAN;
         plot_history(dir.path(), &[r]).unwrap();
-        assert_eq!(read_png(&dir.path().join("history.png")).dimensions(), PLOT_SIZE);
+        assert_eq!(
+            read_png(&dir.path().join("history.png")).dimensions(),
+            PLOT_SIZE
+        );
     }
 
     #[test]
@@ -228,7 +267,9 @@ mod tests {
         let e = plot_history(dir.path(), &[]).unwrap_err().to_string();
         assert!(e.contains("history.png") && e.contains("empty"), "{e}");
         let missing = dir.path().join("no/such");
-        let e = plot_history(&missing, &[record(1, 0.5, 0.5)]).unwrap_err().to_string();
+        let e = plot_history(&missing, &[record(1, 0.5, 0.5)])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no/such/history.png"), "{e}");
     }
 }

@@ -41,7 +41,10 @@ pub enum PreviewError {
     #[error("{path}: no readable image in any class folder")]
     NoImages { path: PathBuf },
     #[error("{path}: cannot write: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +86,11 @@ pub struct Preview {
 
 /// Renders a preview of `train_dir/<class>/*` as `config` preprocesses (and, with
 /// `opts.augment`, augments) it.
-pub fn render_preview(config: &Config, train_dir: &Path, opts: &PreviewOptions) -> Result<Preview, PreviewError> {
+pub fn render_preview(
+    config: &Config,
+    train_dir: &Path,
+    opts: &PreviewOptions,
+) -> Result<Preview, PreviewError> {
     let folders = scan_class_folders(train_dir)?;
     let mut files = folders.files.clone();
     files.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(opts.seed));
@@ -102,16 +109,22 @@ pub fn render_preview(config: &Config, train_dir: &Path, opts: &PreviewOptions) 
             Ok(img) => {
                 let mut pixels = pre.pixels(&img);
                 if opts.augment {
-                    let seed = opts.seed ^ (chosen.len() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let seed =
+                        opts.seed ^ (chosen.len() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                     augmenter.apply(&mut pixels, h, w, c, seed);
                 }
                 chosen.push((path, class, pixels));
             }
-            Err(e) => skipped.push(SkippedFile { file: path, reason: e.to_string() }),
+            Err(e) => skipped.push(SkippedFile {
+                file: path,
+                reason: e.to_string(),
+            }),
         }
     }
     if chosen.is_empty() {
-        return Err(PreviewError::NoImages { path: train_dir.to_path_buf() });
+        return Err(PreviewError::NoImages {
+            path: train_dir.to_path_buf(),
+        });
     }
 
     let scale = MIN_TILE.div_ceil(pre.height.max(pre.width)).max(1);
@@ -126,11 +139,18 @@ pub fn render_preview(config: &Config, train_dir: &Path, opts: &PreviewOptions) 
     let mut tiles = Vec::new();
     for (i, (path, class, pixels)) in chosen.into_iter().enumerate() {
         let (col, row) = (i as u32 % columns, i as u32 / columns);
-        let (x0, y0) = (PAD + col * (tw + PAD), PAD + row * (th + LABEL_HEIGHT + PAD));
+        let (x0, y0) = (
+            PAD + col * (tw + PAD),
+            PAD + row * (th + LABEL_HEIGHT + PAD),
+        );
         for y in 0..th {
             for x in 0..tw {
                 let at = ((y / scale) as usize * w + (x / scale) as usize) * c;
-                let rgb = if c == 1 { [pixels[at]; 3] } else { [pixels[at], pixels[at + 1], pixels[at + 2]] };
+                let rgb = if c == 1 {
+                    [pixels[at]; 3]
+                } else {
+                    [pixels[at], pixels[at + 1], pixels[at + 2]]
+                };
                 image.put_pixel(x0 + x, y0 + y, Rgb(rgb));
             }
         }
@@ -139,20 +159,49 @@ pub fn render_preview(config: &Config, train_dir: &Path, opts: &PreviewOptions) 
         let text_w = text_width(&font, &text);
         let tx = x0 as f32 + ((tw as f32 - text_w) / 2.0).max(0.0);
         let baseline = (y0 + th) as f32 + LABEL_HEIGHT as f32 / 2.0 + FONT_SIZE * 0.35;
-        draw_text(&mut image, &font, &text, tx, baseline, [20, 20, 20], (x0, x0 + tw));
-        tiles.push(Tile { file: path, class: label.clone(), x: x0, y: y0, width: tw, height: th });
+        draw_text(
+            &mut image,
+            &font,
+            &text,
+            tx,
+            baseline,
+            [20, 20, 20],
+            (x0, x0 + tw),
+        );
+        tiles.push(Tile {
+            file: path,
+            class: label.clone(),
+            x: x0,
+            y: y0,
+            width: tw,
+            height: th,
+        });
     }
-    Ok(Preview { image, columns, rows, tiles, skipped })
+    Ok(Preview {
+        image,
+        columns,
+        rows,
+        tiles,
+        skipped,
+    })
 }
 
 /// Writes `image` as a PNG, atomically.
 pub fn write_png(path: &Path, image: &RgbImage) -> Result<(), PreviewError> {
     write_atomic(path, |w| {
         image::codecs::png::PngEncoder::new(w)
-            .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
+            .write_image(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )
             .map_err(std::io::Error::other)
     })
-    .map_err(|source| PreviewError::Io { path: path.to_path_buf(), source })
+    .map_err(|source| PreviewError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn text_width(font: &FontRef<'_>, text: &str) -> f32 {
@@ -187,7 +236,15 @@ fn fit_text(font: &FontRef<'_>, text: &str, max: f32) -> String {
 
 /// Draws anti-aliased `text` with its baseline at `baseline`, clipped to the
 /// columns `clip.0..clip.1`.
-fn draw_text(img: &mut RgbImage, font: &FontRef<'_>, text: &str, x: f32, baseline: f32, color: [u8; 3], clip: (u32, u32)) {
+fn draw_text(
+    img: &mut RgbImage,
+    font: &FontRef<'_>,
+    text: &str,
+    x: f32,
+    baseline: f32,
+    color: [u8; 3],
+    clip: (u32, u32),
+) {
     let scale = PxScale::from(FONT_SIZE);
     let f = font.as_scaled(scale);
     let mut caret = x;
@@ -200,7 +257,9 @@ fn draw_text(img: &mut RgbImage, font: &FontRef<'_>, text: &str, x: f32, baselin
         prev = Some(id);
         let glyph = id.with_scale_and_position(scale, ab_glyph::point(caret, baseline));
         caret += f.h_advance(id);
-        let Some(outline) = font.outline_glyph(glyph) else { continue };
+        let Some(outline) = font.outline_glyph(glyph) else {
+            continue;
+        };
         let b = outline.px_bounds();
         outline.draw(|gx, gy, coverage| {
             let (px, py) = (b.min.x as i64 + gx as i64, b.min.y as i64 + gy as i64);
@@ -209,8 +268,8 @@ fn draw_text(img: &mut RgbImage, font: &FontRef<'_>, text: &str, x: f32, baselin
             }
             let p = img.get_pixel_mut(px as u32, py as u32);
             let a = coverage.clamp(0.0, 1.0);
-            for k in 0..3 {
-                p.0[k] = (p.0[k] as f32 * (1.0 - a) + color[k] as f32 * a).round() as u8;
+            for (v, c) in p.0.iter_mut().zip(color) {
+                *v = (*v as f32 * (1.0 - a) + c as f32 * a).round() as u8;
             }
         });
     }
@@ -233,7 +292,9 @@ layers:
             let dir = root.join(class);
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..5 {
-                RgbImage::from_pixel(40 + i, 30, Rgb(rgb)).save(dir.join(format!("{i}.png"))).unwrap();
+                RgbImage::from_pixel(40 + i, 30, Rgb(rgb))
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap();
             }
         }
         std::fs::write(root.join("red/broken.png"), b"not a png").unwrap();
@@ -244,17 +305,28 @@ layers:
         let d = tempfile::tempdir().unwrap();
         folder(d.path());
         let config = Config::parse(CONFIG, "tiny.yaml").unwrap();
-        let opts = PreviewOptions { count: 11, seed: 3, augment: true };
+        let opts = PreviewOptions {
+            count: 11,
+            seed: 3,
+            augment: true,
+        };
         let p = render_preview(&config, d.path(), &opts).unwrap();
         // 10 good images of 11 files: 4 columns, 3 rows; 30x20 enlarged 4x (96/30).
         assert_eq!(p.tiles.len(), 10);
         assert_eq!(p.skipped.len(), 1);
         assert!(p.skipped[0].reason.contains("broken.png"));
         assert_eq!((p.columns, p.rows), (4, 3));
-        assert_eq!(p.image.dimensions(), (PAD + 4 * (120 + PAD), PAD + 3 * (80 + LABEL_HEIGHT + PAD)));
+        assert_eq!(
+            p.image.dimensions(),
+            (PAD + 4 * (120 + PAD), PAD + 3 * (80 + LABEL_HEIGHT + PAD))
+        );
         for t in &p.tiles {
             let centre = p.image.get_pixel(t.x + t.width / 2, t.y + t.height / 2).0;
-            let want = if t.class == "red" { [255, 0, 0] } else { [0, 0, 255] };
+            let want = if t.class == "red" {
+                [255, 0, 0]
+            } else {
+                [0, 0, 255]
+            };
             assert_eq!(centre, want, "{t:?}");
             assert!(t.file.starts_with(d.path().join(&t.class)));
             // The label band has dark text pixels.
@@ -267,8 +339,19 @@ layers:
         // Same seed, same picture; another seed, another order.
         let again = render_preview(&config, d.path(), &opts).unwrap();
         assert_eq!(again.image, p.image);
-        let other = render_preview(&config, d.path(), &PreviewOptions { seed: 4, ..opts.clone() }).unwrap();
-        assert_ne!(other.tiles.iter().map(|t| &t.file).collect::<Vec<_>>(), p.tiles.iter().map(|t| &t.file).collect::<Vec<_>>());
+        let other = render_preview(
+            &config,
+            d.path(),
+            &PreviewOptions {
+                seed: 4,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert_ne!(
+            other.tiles.iter().map(|t| &t.file).collect::<Vec<_>>(),
+            p.tiles.iter().map(|t| &t.file).collect::<Vec<_>>()
+        );
 
         let out = d.path().join("p.png");
         write_png(&out, &p.image).unwrap();
@@ -288,7 +371,16 @@ layers:
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("a")).unwrap();
         let config = Config::parse(CONFIG, "tiny.yaml").unwrap();
-        let e = render_preview(&config, d.path(), &PreviewOptions { count: 4, seed: 1, augment: false }).unwrap_err();
+        let e = render_preview(
+            &config,
+            d.path(),
+            &PreviewOptions {
+                count: 4,
+                seed: 1,
+                augment: false,
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("no readable image"), "{e}");
     }
 }

@@ -33,15 +33,25 @@ pub enum SplitError {
     Folder(#[from] fennec_runtime::Error),
     #[error("{out}: {reason}")]
     Overlap { out: PathBuf, reason: String },
-    #[error("{path}: output folder is not empty (use --force to replace its train/validation/test/quarantine folders)")]
+    #[error(
+        "{path}: output folder is not empty (use --force to replace its train/validation/test/quarantine folders)"
+    )]
     NotEmpty { path: PathBuf },
     #[error("{path}: {reason}: {source}")]
-    Io { path: PathBuf, reason: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        reason: &'static str,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(path: &Path, reason: &'static str) -> impl FnOnce(std::io::Error) -> SplitError {
     let path = path.to_path_buf();
-    move |source| SplitError::Io { path, reason, source }
+    move |source| SplitError::Io {
+        path,
+        reason,
+        source,
+    }
 }
 
 /// What to do.
@@ -63,10 +73,14 @@ impl SplitOptions {
     pub fn validate(&self) -> Result<(), SplitError> {
         let (v, t) = (self.val, self.test);
         if !(v.is_finite() && v >= 0.0) {
-            return Err(SplitError::Fractions(format!("--val must be a number >= 0, got {v}")));
+            return Err(SplitError::Fractions(format!(
+                "--val must be a number >= 0, got {v}"
+            )));
         }
         if !(t.is_finite() && t >= 0.0) {
-            return Err(SplitError::Fractions(format!("--test must be a number >= 0, got {t}")));
+            return Err(SplitError::Fractions(format!(
+                "--test must be a number >= 0, got {t}"
+            )));
         }
         if v + t >= 1.0 {
             return Err(SplitError::Fractions(format!(
@@ -133,7 +147,13 @@ pub struct SplitReport {
 
 impl SplitReport {
     pub fn totals(&self) -> ClassCounts {
-        let mut t = ClassCounts { class: "total".into(), train: 0, validation: 0, test: 0, quarantined: 0 };
+        let mut t = ClassCounts {
+            class: "total".into(),
+            train: 0,
+            validation: 0,
+            test: 0,
+            quarantined: 0,
+        };
         for c in &self.classes {
             t.train += c.train;
             t.validation += c.validation;
@@ -164,7 +184,12 @@ pub fn counts_for(n: usize, val: f64, test: f64) -> (usize, usize) {
 }
 
 /// Splits `raw/<class>/*` into `out/{train,validation,test}/<class>/`.
-pub fn split(raw: &Path, out: &Path, opts: &SplitOptions, progress: &dyn Progress) -> Result<SplitReport, SplitError> {
+pub fn split(
+    raw: &Path,
+    out: &Path,
+    opts: &SplitOptions,
+    progress: &dyn Progress,
+) -> Result<SplitReport, SplitError> {
     opts.validate()?;
     let folders = scan_class_folders(raw)?;
     check_no_overlap(raw, out)?;
@@ -213,7 +238,13 @@ pub fn split(raw: &Path, out: &Path, opts: &SplitOptions, progress: &dyn Progres
             jobs.push((f.clone(), out.join(split).join(rel(f))));
         }
         let quarantined = bad.iter().filter(|(_, c, _)| *c == ix).count();
-        classes.push(ClassCounts { class: name.clone(), train: n_train, validation: n_val, test: n_test, quarantined });
+        classes.push(ClassCounts {
+            class: name.clone(),
+            train: n_train,
+            validation: n_val,
+            test: n_test,
+            quarantined,
+        });
     }
     let mut quarantined = Vec::new();
     for (path, _, e) in &bad {
@@ -223,12 +254,22 @@ pub fn split(raw: &Path, out: &Path, opts: &SplitOptions, progress: &dyn Progres
         if copied {
             jobs.push((path.clone(), out.join("quarantine").join(&r)));
         }
-        quarantined.push(Quarantined { file: r, kind: e.kind().into(), reason: e.to_string(), copied });
+        quarantined.push(Quarantined {
+            file: r,
+            kind: e.kind().into(),
+            reason: e.to_string(),
+            copied,
+        });
     }
 
     // 3. Place the files.
     progress.start("placing", jobs.len());
-    let mut linker = Linker { enabled: opts.link, fallback: None, linked: 0, copied: 0 };
+    let mut linker = Linker {
+        enabled: opts.link,
+        fallback: None,
+        linked: 0,
+        copied: 0,
+    };
     for (src, dst) in &jobs {
         linker.place(src, dst)?;
         progress.tick();
@@ -246,7 +287,11 @@ pub fn split(raw: &Path, out: &Path, opts: &SplitOptions, progress: &dyn Progres
         ignored: folders
             .skipped
             .into_iter()
-            .map(|s| Ignored { path: s.path, kind: s.kind, reason: s.reason })
+            .map(|s| Ignored {
+                path: s.path,
+                kind: s.kind,
+                reason: s.reason,
+            })
             .collect(),
         linked: linker.linked,
         copied: linker.copied,
@@ -301,7 +346,13 @@ fn write_reports(out: &Path, report: &SplitReport) -> Result<(), SplitError> {
     write_atomic(&csv, |w| {
         writeln!(w, "file,kind,reason")?;
         for q in &report.quarantined {
-            writeln!(w, "{},{},{}", csv_field(&q.file.to_string_lossy()), q.kind, csv_field(&q.reason))?;
+            writeln!(
+                w,
+                "{},{},{}",
+                csv_field(&q.file.to_string_lossy()),
+                q.kind,
+                csv_field(&q.reason)
+            )?;
         }
         Ok(())
     })
@@ -350,15 +401,26 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
 fn check_no_overlap(raw: &Path, out: &Path) -> Result<(), SplitError> {
     let r = resolve(raw).map_err(io_err(raw, "cannot resolve path"))?;
     let o = resolve(out).map_err(io_err(out, "cannot resolve path"))?;
-    let bad = |reason: String| Err(SplitError::Overlap { out: out.to_path_buf(), reason });
+    let bad = |reason: String| {
+        Err(SplitError::Overlap {
+            out: out.to_path_buf(),
+            reason,
+        })
+    };
     if o == r {
         return bad("the output folder is the raw folder".into());
     }
     if o.starts_with(&r) {
-        return bad(format!("the output folder is inside the raw folder {}", raw.display()));
+        return bad(format!(
+            "the output folder is inside the raw folder {}",
+            raw.display()
+        ));
     }
     if r.starts_with(&o) {
-        return bad(format!("the raw folder {} is inside the output folder", raw.display()));
+        return bad(format!(
+            "the raw folder {} is inside the output folder",
+            raw.display()
+        ));
     }
     Ok(())
 }
@@ -370,18 +432,22 @@ fn prepare_out_dir(out: &Path, force: bool) -> Result<(), SplitError> {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 if !force {
-                    return Err(SplitError::NotEmpty { path: out.to_path_buf() });
+                    return Err(SplitError::NotEmpty {
+                        path: out.to_path_buf(),
+                    });
                 }
                 for name in SPLITS.iter().chain(&["quarantine"]) {
                     let d = out.join(name);
                     if d.exists() {
-                        std::fs::remove_dir_all(&d).map_err(io_err(&d, "cannot remove (for --force)"))?;
+                        std::fs::remove_dir_all(&d)
+                            .map_err(io_err(&d, "cannot remove (for --force)"))?;
                     }
                 }
                 for name in ["quarantine.csv", "split.json"] {
                     let f = out.join(name);
                     if f.exists() {
-                        std::fs::remove_file(&f).map_err(io_err(&f, "cannot remove (for --force)"))?;
+                        std::fs::remove_file(&f)
+                            .map_err(io_err(&f, "cannot remove (for --force)"))?;
                     }
                 }
             }
@@ -416,12 +482,36 @@ mod tests {
 
     #[test]
     fn fractions_are_checked() {
-        let o = |val, test| SplitOptions { val, test, seed: 1, link: false, force: false };
+        let o = |val, test| SplitOptions {
+            val,
+            test,
+            seed: 1,
+            link: false,
+            force: false,
+        };
         assert!(o(0.1, 0.1).validate().is_ok());
         assert!(o(0.0, 0.0).validate().is_ok());
-        assert!(o(-0.1, 0.1).validate().unwrap_err().to_string().contains("--val"));
-        assert!(o(0.1, f64::NAN).validate().unwrap_err().to_string().contains("--test"));
-        assert!(o(0.5, 0.5).validate().unwrap_err().to_string().contains("below 1"));
+        assert!(
+            o(-0.1, 0.1)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--val")
+        );
+        assert!(
+            o(0.1, f64::NAN)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--test")
+        );
+        assert!(
+            o(0.5, 0.5)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("below 1")
+        );
     }
 
     #[test]

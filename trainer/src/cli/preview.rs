@@ -74,7 +74,10 @@ pub fn run(args: PreviewArgs) -> Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         let aug = if augmented {
-            format!("augmentation on: {}", serde_json::to_string(&t.augmentation)?)
+            format!(
+                "augmentation on: {}",
+                serde_json::to_string(&t.augmentation)?
+            )
         } else if t.augmentation.is_off() {
             "no augmentation in the config".into()
         } else {

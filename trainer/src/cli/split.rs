@@ -70,9 +70,11 @@ impl Progress for Bar {
         }
         let bar = ProgressBar::new(len as u64);
         bar.set_style(
-            ProgressStyle::with_template("{msg:>9} [{bar:30}] {pos}/{len} files, {per_sec}, ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>9} [{bar:30}] {pos}/{len} files, {per_sec}, ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_message(phase);
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -87,8 +89,17 @@ impl Progress for Bar {
 }
 
 pub fn run(args: SplitArgs) -> Result<ExitCode> {
-    let opts = SplitOptions { val: args.val, test: args.test, seed: args.seed, link: args.link, force: args.force };
-    let bar = Bar { bar: Mutex::new(None), show: !args.quiet && std::io::stderr().is_terminal() };
+    let opts = SplitOptions {
+        val: args.val,
+        test: args.test,
+        seed: args.seed,
+        link: args.link,
+        force: args.force,
+    };
+    let bar = Bar {
+        bar: Mutex::new(None),
+        show: !args.quiet && std::io::stderr().is_terminal(),
+    };
     let report = split(&args.raw_dir, &args.out_dir, &opts, &bar);
     if let Some(b) = bar.bar.lock().unwrap().take() {
         b.finish_and_clear();
@@ -110,12 +121,25 @@ fn print_table(out: &mut impl Write, r: &SplitReport) -> std::io::Result<()> {
         .iter()
         .chain(std::iter::once(&r.totals()))
         .map(|c| {
-            [c.class.clone(), c.train.to_string(), c.validation.to_string(), c.test.to_string(), c.quarantined.to_string()]
+            [
+                c.class.clone(),
+                c.train.to_string(),
+                c.validation.to_string(),
+                c.test.to_string(),
+                c.quarantined.to_string(),
+            ]
         })
         .collect();
     let total = rows.pop().expect("totals row");
     let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().chain([&total]).map(|row| row[i].chars().count()).max().unwrap_or(0).max(header[i].len()))
+        .map(|i| {
+            rows.iter()
+                .chain([&total])
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(header[i].len())
+        })
         .collect();
     let line = |row: &[String; 5]| {
         let mut s = format!("{:<w$}", row[0], w = widths[0]);
@@ -134,9 +158,9 @@ fn print_table(out: &mut impl Write, r: &SplitReport) -> std::io::Result<()> {
     writeln!(out, "{}", line(&total))?;
     writeln!(out)?;
     let how = match (r.linked, r.copied) {
-        (0, c) => format!("copied {c} files"),
-        (l, 0) => format!("hard-linked {l} files"),
-        (l, c) => format!("hard-linked {l} files, copied {c}"),
+        (0, c) => format!("copied {}", files(c)),
+        (l, 0) => format!("hard-linked {}", files(l)),
+        (l, c) => format!("hard-linked {}, copied {c}", files(l)),
     };
     writeln!(
         out,
@@ -152,8 +176,8 @@ fn print_table(out: &mut impl Write, r: &SplitReport) -> std::io::Result<()> {
     if !r.quarantined.is_empty() {
         writeln!(
             out,
-            "quarantined {} files that do not decode (in {}, reasons in {}):",
-            r.quarantined.len(),
+            "quarantined {} that do not decode (in {}, reasons in {}):",
+            files(r.quarantined.len()),
             r.out_dir.join("quarantine").display(),
             r.out_dir.join("quarantine.csv").display()
         )?;
@@ -161,16 +185,33 @@ fn print_table(out: &mut impl Write, r: &SplitReport) -> std::io::Result<()> {
             writeln!(out, "  {}", q.reason)?;
         }
         if r.quarantined.len() > 10 {
-            writeln!(out, "  ... and {} more (see quarantine.csv)", r.quarantined.len() - 10)?;
+            writeln!(
+                out,
+                "  ... and {} more (see quarantine.csv)",
+                r.quarantined.len() - 10
+            )?;
         }
     }
     if !r.ignored.is_empty() {
-        writeln!(out, "ignored {} paths that are not images in class folders:", r.ignored.len())?;
+        let n = r.ignored.len();
+        writeln!(
+            out,
+            "ignored {n} {} not images in class folders:",
+            if n == 1 {
+                "path that is"
+            } else {
+                "paths that are"
+            }
+        )?;
         for i in r.ignored.iter().take(10) {
             writeln!(out, "  {}", i.reason)?;
         }
         if r.ignored.len() > 10 {
-            writeln!(out, "  ... and {} more (see split.json)", r.ignored.len() - 10)?;
+            writeln!(
+                out,
+                "  ... and {} more (see split.json)",
+                r.ignored.len() - 10
+            )?;
         }
     }
     for c in &r.classes {
@@ -179,4 +220,8 @@ fn print_table(out: &mut impl Write, r: &SplitReport) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn files(n: usize) -> String {
+    format!("{n} file{}", if n == 1 { "" } else { "s" })
 }
