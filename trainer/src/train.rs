@@ -95,6 +95,8 @@ pub enum Event<'a> {
     EpochEnd { record: &'a EpochRecord, best: bool, checkpoint: &'a Path },
     /// Early stopping ended the run after `epoch`.
     EarlyStop { epoch: usize, best: Best },
+    /// Something the user should know that does not stop the run.
+    Warning(String),
 }
 
 /// Receives [`Event`]s.
@@ -273,15 +275,23 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
                 seed: t.seed,
                 threads,
                 device: opts.device_name.clone(),
-                data_dir: opts.data_dir.clone(),
+                data_dir: PathBuf::new(),
                 fennec_version: fennec_runtime::VERSION.into(),
             };
             (net, adam.init(), state)
         }
     };
+    if resumed.is_some() && (state.threads != threads || state.device != opts.device_name) {
+        obs.event(Event::Warning(format!(
+            "the run trained with {} threads on {} so far, now {threads} on {}: results will differ from \
+             an uninterrupted run in the last bits",
+            state.threads, state.device, opts.device_name
+        )));
+    }
     state.threads = threads;
     state.device = opts.device_name.clone();
-    state.data_dir = opts.data_dir.clone();
+    // Absolute, so that `--resume` works from another working directory.
+    state.data_dir = std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone());
 
     let summary = |state: &TrainState, outcome: Outcome| RunSummary {
         config: &config.name,
@@ -349,6 +359,7 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         let mut metrics = Metrics::new(classes.len());
         for batch in stream {
             if opts.stop.load(Ordering::Relaxed) {
+                let _ = checkpoint::write_json(&run_dir.join(SUMMARY_FILE), &summary(&state, Outcome::Interrupted { epoch }));
                 return Ok(interrupted(epoch, result_epoch(&state), started, (state.epoch > 0).then_some(state.epoch)));
             }
             let batch = batch?;
@@ -369,6 +380,7 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         let eval = net.valid();
         obs.event(Event::Validating { images: validation.examples.len() });
         let Some(val) = evaluate(&eval, &validation, &loader, t.batch_size, &opts.device, &opts.stop, obs)? else {
+            let _ = checkpoint::write_json(&run_dir.join(SUMMARY_FILE), &summary(&state, Outcome::Interrupted { epoch }));
             return Ok(interrupted(epoch, result_epoch(&state), started, (state.epoch > 0).then_some(state.epoch)));
         };
         let record = EpochRecord {
@@ -407,6 +419,10 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         let mut keep = vec![epoch];
         keep.extend(state.best.map(|b| b.epoch));
         checkpoint::prune_checkpoints(run_dir, &keep)?;
+        if let Err(e) = crate::plot::plot_history(run_dir, &state.history) {
+            // A plot is a convenience: report it, keep training.
+            eprintln!("warning: {}: cannot draw the history plot: {e}", run_dir.join("history.png").display());
+        }
         checkpoint::write_json(&run_dir.join(SUMMARY_FILE), &summary(&state, Outcome::Finished))?;
         obs.event(Event::EpochEnd { record: &record, best: improved, checkpoint: &saved });
         if state.stopped_early {

@@ -259,6 +259,7 @@ impl Observer for Console {
             Event::Checking { split, total } => self.start(total as u64, format!("checking {split}"), "files"),
             Event::Advance(n) => self.bar.lock().expect("bar lock").inc(n),
             Event::Skipped(s) => self.line(&format!("warning: skipped {}", s.reason)),
+            Event::Warning(w) => self.line(&format!("warning: {w}")),
             Event::DataReady(d) => {
                 self.clear();
                 if !self.quiet {
