@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fennec_e2e::{bin, color_folders, fennec_train, save, color_image, BLUE};
+use fennec_e2e::{BLUE, bin, color_folders, color_image, fennec_train, save};
 use serde_json::Value;
 
 const TINY: &str = r#"
@@ -84,9 +84,15 @@ fn fit_writes_a_complete_run_and_evaluate_reads_it() {
     let out = fennec_train!("fit", cfg, "--data", d, "--out", run, "--threads", "1").ok();
     assert!(out.contains("model.onnx"), "{out}");
 
-    assert_eq!(json(&run.join("classes.json")), serde_json::json!(["blue", "green", "red"]));
+    assert_eq!(
+        json(&run.join("classes.json")),
+        serde_json::json!(["blue", "green", "red"])
+    );
     let resolved = std::fs::read_to_string(run.join("config.yaml")).unwrap();
-    assert!(resolved.contains("name: tiny") && resolved.contains("epochs: 3"), "{resolved}");
+    assert!(
+        resolved.contains("name: tiny") && resolved.contains("epochs: 3"),
+        "{resolved}"
+    );
     let history = json(&run.join("history.json"));
     assert_eq!(history.as_array().unwrap().len(), 3);
     for r in history.as_array().unwrap() {
@@ -118,16 +124,28 @@ fn fit_writes_a_complete_run_and_evaluate_reads_it() {
     assert_eq!(summary["epochs_done"], 3);
     assert!(std::fs::metadata(run.join("model.onnx")).unwrap().len() > 100);
 
-    let eval = fennec_train!("evaluate", run, d.join("test"), "--checkpoint", "last", "--json").ok();
+    let eval = fennec_train!(
+        "evaluate",
+        run,
+        d.join("test"),
+        "--checkpoint",
+        "last",
+        "--json"
+    )
+    .ok();
     let eval: Value = serde_json::from_str(&eval).unwrap();
     assert_eq!(eval["images"], 18);
     assert_eq!(eval["epoch"], 3);
     assert!((0.0..=1.0).contains(&eval["accuracy"].as_f64().unwrap()));
     let text = fennec_train!("evaluate", run, d.join("test")).ok();
-    assert!(text.contains("accuracy") && text.contains(&format!("epoch {best_epoch} (best)")), "{text}");
+    assert!(
+        text.contains("accuracy") && text.contains(&format!("epoch {best_epoch} (best)")),
+        "{text}"
+    );
 
     // An explicit --out holding a run is refused (no accidental overwrite).
-    fennec_train!("fit", cfg, "--data", d, "--out", run).fails(1, &["holds another run", "--resume"]);
+    fennec_train!("fit", cfg, "--data", d, "--out", run)
+        .fails(1, &["holds another run", "--resume"]);
 }
 
 #[test]
@@ -136,15 +154,64 @@ fn resume_gives_the_same_weights_and_history_as_an_uninterrupted_run() {
     let d = data(dir.path(), 6);
     let cfg = config(dir.path(), "tiny.yaml", TINY);
     let (straight, resumed) = (dir.path().join("straight"), dir.path().join("resumed"));
-    fennec_train!("fit", cfg, "--data", d, "--out", straight, "--threads", "1", "-q").ok();
-    fennec_train!("fit", cfg, "--data", d, "--out", resumed, "--threads", "1", "-q", "--epochs", "1").ok();
+    fennec_train!(
+        "fit",
+        cfg,
+        "--data",
+        d,
+        "--out",
+        straight,
+        "--threads",
+        "1",
+        "-q"
+    )
+    .ok();
+    fennec_train!(
+        "fit",
+        cfg,
+        "--data",
+        d,
+        "--out",
+        resumed,
+        "--threads",
+        "1",
+        "-q",
+        "--epochs",
+        "1"
+    )
+    .ok();
     assert_eq!(checkpoints(&resumed), vec!["epoch-001"]);
-    fennec_train!("fit", "--resume", resumed, "--epochs", "3", "--threads", "1", "-q").ok();
-    assert_eq!(weights(&straight, 3), weights(&resumed, 3), "weights differ after resume");
+    fennec_train!(
+        "fit",
+        "--resume",
+        resumed,
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+        "-q"
+    )
+    .ok();
+    assert_eq!(
+        weights(&straight, 3),
+        weights(&resumed, 3),
+        "weights differ after resume"
+    );
     assert_eq!(metrics(&straight), metrics(&resumed));
     // And a second uninterrupted run is identical too (determinism).
     let again = dir.path().join("again");
-    fennec_train!("fit", cfg, "--data", d, "--out", again, "--threads", "1", "-q").ok();
+    fennec_train!(
+        "fit",
+        cfg,
+        "--data",
+        d,
+        "--out",
+        again,
+        "--threads",
+        "1",
+        "-q"
+    )
+    .ok();
     assert_eq!(weights(&straight, 3), weights(&again, 3));
 }
 
@@ -153,31 +220,57 @@ fn early_stopping_stops_and_exports_the_best_epoch() {
     let dir = fennec_e2e::tempdir();
     let d = data(dir.path(), 4);
     // min_delta so large that no epoch after the first counts as an improvement.
-    let yaml = TINY.replace("epochs: 3", "epochs: 20\n  early_stopping: {patience: 2, min_delta: 100.0}");
+    let yaml = TINY.replace(
+        "epochs: 3",
+        "epochs: 20\n  early_stopping: {patience: 2, min_delta: 100.0}",
+    );
     let cfg = config(dir.path(), "es.yaml", &yaml);
     let run = dir.path().join("run");
     let r = fennec_train!("fit", cfg, "--data", d, "--out", run, "--threads", "1");
     r.ok();
-    assert!(r.stderr().contains("early stopping after epoch 3"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("early stopping after epoch 3"),
+        "{}",
+        r.stderr()
+    );
     assert_eq!(json(&run.join("history.json")).as_array().unwrap().len(), 3);
     assert_eq!(json(&run.join("best.json"))["epoch"], 1);
     assert_eq!(checkpoints(&run), vec!["epoch-001", "epoch-003"]);
     let summary = json(&run.join("summary.json"));
     assert_eq!(summary["stopped_early"], true);
-    assert!(r.stdout().contains("model.onnx from epoch 1"), "{}", r.stdout());
+    assert!(
+        r.stdout().contains("model.onnx from epoch 1"),
+        "{}",
+        r.stdout()
+    );
     // Resuming a run that stopped early has nothing left to do.
     let again = fennec_train!("fit", "--resume", run, "-q");
-    assert!(again.ok().contains("trained 0 epoch(s)"), "{}", again.stdout());
+    assert!(
+        again.ok().contains("trained 0 epoch(s)"),
+        "{}",
+        again.stdout()
+    );
 }
 
 #[test]
 fn ctrl_c_stops_keeps_the_last_checkpoint_and_resume_continues() {
     let dir = fennec_e2e::tempdir();
     let d = data(dir.path(), 6);
-    let cfg = config(dir.path(), "long.yaml", &TINY.replace("epochs: 3", "epochs: 100000"));
+    let cfg = config(
+        dir.path(),
+        "long.yaml",
+        &TINY.replace("epochs: 3", "epochs: 100000"),
+    );
     let run = dir.path().join("run");
     let child = Command::new(bin("fennec-train"))
-        .args(["fit".as_ref(), cfg.as_os_str(), "--data".as_ref(), d.as_os_str(), "--out".as_ref(), run.as_os_str()])
+        .args([
+            "fit".as_ref(),
+            cfg.as_os_str(),
+            "--data".as_ref(),
+            d.as_os_str(),
+            "--out".as_ref(),
+            run.as_os_str(),
+        ])
         .args(["--threads", "1", "-q"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -185,28 +278,60 @@ fn ctrl_c_stops_keeps_the_last_checkpoint_and_resume_continues() {
         .unwrap();
     let start = Instant::now();
     while !run.join("checkpoints/epoch-002/state.json").exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint after 60 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint after 60 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("is intact") && stderr.contains("--resume"), "{stderr}");
+    assert!(
+        stderr.contains("is intact") && stderr.contains("--resume"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     // Every checkpoint left is complete and matches the history.
-    let last = checkpoints(&run).iter().filter_map(|c| c.strip_prefix("epoch-")?.parse::<usize>().ok()).max().unwrap();
+    let last = checkpoints(&run)
+        .iter()
+        .filter_map(|c| c.strip_prefix("epoch-")?.parse::<usize>().ok())
+        .max()
+        .unwrap();
     for c in checkpoints(&run) {
         assert!(c.starts_with("epoch-"), "leftover {c}");
         let state = json(&run.join("checkpoints").join(&c).join("state.json"));
         assert!(run.join("checkpoints").join(&c).join("model.bpk").is_file());
-        assert_eq!(state["history"].as_array().unwrap().len(), state["epoch"].as_u64().unwrap() as usize);
+        assert_eq!(
+            state["history"].as_array().unwrap().len(),
+            state["epoch"].as_u64().unwrap() as usize
+        );
     }
-    assert_eq!(json(&run.join("history.json")).as_array().unwrap().len(), last);
+    assert_eq!(
+        json(&run.join("history.json")).as_array().unwrap().len(),
+        last
+    );
     let next = (last + 1).to_string();
-    fennec_train!("fit", "--resume", run, "--epochs", next, "--threads", "1", "-q").ok();
-    assert_eq!(json(&run.join("history.json")).as_array().unwrap().len(), last + 1);
+    fennec_train!(
+        "fit",
+        "--resume",
+        run,
+        "--epochs",
+        next,
+        "--threads",
+        "1",
+        "-q"
+    )
+    .ok();
+    assert_eq!(
+        json(&run.join("history.json")).as_array().unwrap().len(),
+        last + 1
+    );
 }
 
 #[test]
@@ -216,31 +341,54 @@ fn bad_data_folders_are_one_line_errors() {
     let d = data(dir.path(), 2);
     let out = |name: &str| dir.path().join(name);
 
-    fennec_train!("fit", cfg, "--data", out("nowhere"), "--out", out("r1")).fails(1, &["nowhere", "not found"]);
+    fennec_train!("fit", cfg, "--data", out("nowhere"), "--out", out("r1"))
+        .fails(1, &["nowhere", "not found"]);
 
     std::fs::remove_dir_all(d.join("validation/green")).unwrap();
     std::fs::remove_dir_all(d.join("validation/red")).unwrap();
-    fennec_train!("fit", cfg, "--data", d, "--out", out("r2")).fails(1, &["validation", "only 1 class folder"]);
+    fennec_train!("fit", cfg, "--data", d, "--out", out("r2"))
+        .fails(1, &["validation", "only 1 class folder"]);
 
     color_folders(&d.join("validation"), 2);
     std::fs::create_dir_all(d.join("validation/purple")).unwrap();
-    fennec_train!("fit", cfg, "--data", d, "--out", out("r3"))
-        .fails(1, &["class folders differ", "[blue, green, red]", "[blue, green, purple, red]"]);
+    fennec_train!("fit", cfg, "--data", d, "--out", out("r3")).fails(
+        1,
+        &[
+            "class folders differ",
+            "[blue, green, red]",
+            "[blue, green, purple, red]",
+        ],
+    );
     std::fs::remove_dir_all(d.join("validation/purple")).unwrap();
 
     std::fs::create_dir_all(d.join("train/purple")).unwrap();
-    fennec_train!("fit", cfg, "--data", d, "--out", out("r4")).fails(1, &["train/purple", "no image files"]);
+    fennec_train!("fit", cfg, "--data", d, "--out", out("r4"))
+        .fails(1, &["train/purple", "no image files"]);
     std::fs::remove_dir_all(d.join("train/purple")).unwrap();
 
     // A corrupt file is reported and skipped, or rejected with --strict.
-    std::fs::write(d.join("train/red/broken.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
-    fennec_train!("fit", cfg, "--data", d, "--out", out("r5"), "--strict").fails(1, &["--strict", "broken.jpg"]);
+    std::fs::write(
+        d.join("train/red/broken.jpg"),
+        b"\xff\xd8\xff\xe0 not really a jpeg",
+    )
+    .unwrap();
+    fennec_train!("fit", cfg, "--data", d, "--out", out("r5"), "--strict")
+        .fails(1, &["--strict", "broken.jpg"]);
     let r = fennec_train!("fit", cfg, "--data", d, "--out", out("r6"), "--epochs", "1");
     r.ok();
-    assert!(r.stderr().contains("warning: skipped") && r.stderr().contains("broken.jpg"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("warning: skipped") && r.stderr().contains("broken.jpg"),
+        "{}",
+        r.stderr()
+    );
     let summary = json(&out("r6").join("summary.json"));
     assert_eq!(summary["data"]["train"]["skipped"], 1);
-    assert!(summary["data"]["skipped"][0]["reason"].as_str().unwrap().contains("broken.jpg"));
+    assert!(
+        summary["data"]["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("broken.jpg")
+    );
 }
 
 #[test]
@@ -249,10 +397,19 @@ fn bad_configs_devices_and_run_dirs_are_one_line_errors() {
     let d = data(dir.path(), 2);
     let out = |name: &str| dir.path().join(name);
 
-    let typo = config(dir.path(), "typo.yaml", &TINY.replace("kernel: 3", "kernal: 3"));
+    let typo = config(
+        dir.path(),
+        "typo.yaml",
+        &TINY.replace("kernel: 3", "kernal: 3"),
+    );
     fennec_train!("fit", typo, "--data", d, "--out", out("r1")).fails(1, &["typo.yaml", "kernal"]);
-    let negative = config(dir.path(), "neg.yaml", &TINY.replace("height: 8", "height: -8"));
-    fennec_train!("fit", negative, "--data", d, "--out", out("r2")).fails(1, &["neg.yaml", "height"]);
+    let negative = config(
+        dir.path(),
+        "neg.yaml",
+        &TINY.replace("height: 8", "height: -8"),
+    );
+    fennec_train!("fit", negative, "--data", d, "--out", out("r2"))
+        .fails(1, &["neg.yaml", "height"]);
 
     let cfg = config(dir.path(), "tiny.yaml", TINY);
     // The harness builds the default (CPU-only) binaries.
@@ -260,21 +417,34 @@ fn bad_configs_devices_and_run_dirs_are_one_line_errors() {
 
     // A run directory that cannot be created, even by root: a path under a file.
     let under_file = cfg.join("run");
-    fennec_train!("fit", cfg, "--data", d, "--out", under_file).fails(1, &["tiny.yaml/run", "cannot create"]);
+    fennec_train!("fit", cfg, "--data", d, "--out", under_file)
+        .fails(1, &["tiny.yaml/run", "cannot create"]);
 
     // A checkpoint from another config: clear error naming the checkpoint file.
     let (a, b) = (out("a"), out("b"));
     fennec_train!("fit", cfg, "--data", d, "--out", a, "--epochs", "1", "-q").ok();
-    let wide = config(dir.path(), "wide.yaml", &TINY.replace("filters: 4", "filters: 6"));
+    let wide = config(
+        dir.path(),
+        "wide.yaml",
+        &TINY.replace("filters: 4", "filters: 6"),
+    );
     fennec_train!("fit", wide, "--data", d, "--out", b, "--epochs", "1", "-q").ok();
-    std::fs::copy(a.join("checkpoints/epoch-001/model.bpk"), b.join("checkpoints/epoch-001/model.bpk")).unwrap();
-    fennec_train!("evaluate", b, d.join("test")).fails(1, &["epoch-001/model.bpk", "does not fit the run's config"]);
-    fennec_train!("fit", "--resume", b, "--epochs", "2").fails(1, &["epoch-001/model.bpk", "does not fit"]);
+    std::fs::copy(
+        a.join("checkpoints/epoch-001/model.bpk"),
+        b.join("checkpoints/epoch-001/model.bpk"),
+    )
+    .unwrap();
+    fennec_train!("evaluate", b, d.join("test"))
+        .fails(1, &["epoch-001/model.bpk", "does not fit the run's config"]);
+    fennec_train!("fit", "--resume", b, "--epochs", "2")
+        .fails(1, &["epoch-001/model.bpk", "does not fit"]);
 
     // Evaluate on a folder whose classes differ from the run's.
     std::fs::rename(d.join("test/red"), d.join("test/orange")).unwrap();
-    fennec_train!("evaluate", a, d.join("test")).fails(1, &["class folders differ", "classes.json"]);
-    fennec_train!("evaluate", a, d.join("validation"), "--checkpoint", "7").fails(1, &["no checkpoint for epoch 7"]);
+    fennec_train!("evaluate", a, d.join("test"))
+        .fails(1, &["class folders differ", "classes.json"]);
+    fennec_train!("evaluate", a, d.join("validation"), "--checkpoint", "7")
+        .fails(1, &["no checkpoint for epoch 7"]);
 }
 
 /// A full disk while writing a checkpoint (simulated with a file-size limit, which
@@ -286,11 +456,31 @@ fn disk_full_during_a_checkpoint_keeps_the_earlier_one() {
     let d = data(dir.path(), 3);
     // A dense layer big enough that the model file (~10 kB) is over the limit below
     // while the JSON files (~3 kB) are not.
-    let cfg = config(dir.path(), "tiny.yaml", &TINY.replace("units: 8", "units: 64"));
+    let cfg = config(
+        dir.path(),
+        "tiny.yaml",
+        &TINY.replace("units: 8", "units: 64"),
+    );
     let run = dir.path().join("run");
-    fennec_train!("fit", cfg, "--data", d, "--out", run, "--epochs", "1", "--threads", "1", "-q").ok();
+    fennec_train!(
+        "fit",
+        cfg,
+        "--data",
+        d,
+        "--out",
+        run,
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "-q"
+    )
+    .ok();
     let model = std::fs::read(run.join("checkpoints/epoch-001/model.bpk")).unwrap();
-    assert!(model.len() > 6000, "the model must be larger than the limit below");
+    assert!(
+        model.len() > 6000,
+        "the model must be larger than the limit below"
+    );
     // ulimit -f counts 512-byte blocks; SIGXFSZ ignored so writes fail with EFBIG.
     let script = format!(
         "ulimit -f 10; trap '' XFSZ; exec '{}' fit --resume '{}' --epochs 3 --threads 1 -q",
@@ -300,11 +490,31 @@ fn disk_full_during_a_checkpoint_keeps_the_earlier_one() {
     let out = Command::new("sh").args(["-c", &script]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("epoch-002") && stderr.contains("cannot write checkpoint"), "{stderr}");
+    assert!(
+        stderr.contains("epoch-002") && stderr.contains("cannot write checkpoint"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(checkpoints(&run), vec!["epoch-001"], "no partial checkpoint left");
-    assert_eq!(std::fs::read(run.join("checkpoints/epoch-001/model.bpk")).unwrap(), model);
-    fennec_train!("fit", "--resume", run, "--epochs", "2", "--threads", "1", "-q").ok();
+    assert_eq!(
+        checkpoints(&run),
+        vec!["epoch-001"],
+        "no partial checkpoint left"
+    );
+    assert_eq!(
+        std::fs::read(run.join("checkpoints/epoch-001/model.bpk")).unwrap(),
+        model
+    );
+    fennec_train!(
+        "fit",
+        "--resume",
+        run,
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+        "-q"
+    )
+    .ok();
     assert_eq!(json(&run.join("history.json")).as_array().unwrap().len(), 2);
 }
 
@@ -317,7 +527,10 @@ fn grayscale_configs_train_on_colour_files() {
         for (i, v) in [(0u32, 30u8), (1, 220)] {
             for k in 0..4 {
                 let img = color_image(9, 9, [v, v, v], k);
-                save(&img, &d.join(split).join(format!("c{i}")).join(format!("{k}.png")));
+                save(
+                    &img,
+                    &d.join(split).join(format!("c{i}")).join(format!("{k}.png")),
+                );
             }
         }
     }
@@ -326,5 +539,8 @@ fn grayscale_configs_train_on_colour_files() {
     let cfg = config(dir.path(), "gray.yaml", &yaml);
     let run = dir.path().join("run");
     fennec_train!("fit", cfg, "--data", d, "--out", run, "--epochs", "1", "-q").ok();
-    assert_eq!(json(&run.join("summary.json"))["data"]["train"]["images"], 9);
+    assert_eq!(
+        json(&run.join("summary.json"))["data"]["train"]["images"],
+        9
+    );
 }

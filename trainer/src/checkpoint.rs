@@ -44,18 +44,31 @@ pub const STATE_FILE: &str = "state.json";
 /// Errors reading or writing a run directory; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: not a fennec run directory (no config.yaml); train one with `fennec-train fit`")]
+    #[error(
+        "{path}: not a fennec run directory (no config.yaml); train one with `fennec-train fit`"
+    )]
     NotARun { path: PathBuf },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("{path}: no complete checkpoint yet (the run stopped before its first epoch ended)")]
     NoCheckpoint { path: PathBuf },
     #[error("{path}: no checkpoint for epoch {epoch}; kept: {kept}")]
-    NoSuchEpoch { path: PathBuf, epoch: usize, kept: String },
+    NoSuchEpoch {
+        path: PathBuf,
+        epoch: usize,
+        kept: String,
+    },
     #[error("{path}: does not fit the run's config ({config}): {message}")]
-    Mismatch { path: PathBuf, config: PathBuf, message: String },
+    Mismatch {
+        path: PathBuf,
+        config: PathBuf,
+        message: String,
+    },
     #[error("{path}: cannot write: {message}")]
     Write { path: PathBuf, message: String },
     #[error("{path}: cannot write checkpoint: {message}; earlier checkpoints are intact")]
@@ -63,7 +76,10 @@ pub enum CheckpointError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Which checkpoint of a run: `best`, `last`, or an epoch number.
@@ -82,7 +98,9 @@ impl FromStr for Which {
             "last" => Ok(Which::Last),
             n => match n.parse::<usize>() {
                 Ok(e) if e >= 1 => Ok(Which::Epoch(e)),
-                _ => Err(format!("'{s}' is not a checkpoint: use best, last, or an epoch number (1, 2, ...)")),
+                _ => Err(format!(
+                    "'{s}' is not a checkpoint: use best, last, or an epoch number (1, 2, ...)"
+                )),
             },
         }
     }
@@ -152,15 +170,27 @@ impl Run {
     pub fn open(dir: &Path) -> Result<Run, CheckpointError> {
         let config_path = dir.join(CONFIG_FILE);
         if !config_path.is_file() {
-            return Err(CheckpointError::NotARun { path: dir.to_path_buf() });
+            return Err(CheckpointError::NotARun {
+                path: dir.to_path_buf(),
+            });
         }
-        let config = Config::load(&config_path)
-            .map_err(|e| CheckpointError::Invalid { path: config_path.clone(), message: strip(&e.to_string(), &config_path) })?;
+        let config = Config::load(&config_path).map_err(|e| CheckpointError::Invalid {
+            path: config_path.clone(),
+            message: strip(&e.to_string(), &config_path),
+        })?;
         let classes = read_classes(&dir.join(CLASSES_FILE))?;
         let plan = config
             .resolve(classes.len())
-            .map_err(|message| CheckpointError::Invalid { path: config_path, message })?;
-        Ok(Run { dir: dir.to_path_buf(), config, classes, plan })
+            .map_err(|message| CheckpointError::Invalid {
+                path: config_path,
+                message,
+            })?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            classes,
+            plan,
+        })
     }
 
     pub fn checkpoints_dir(&self) -> PathBuf {
@@ -175,7 +205,9 @@ impl Run {
     /// The epoch `which` names, checked to exist.
     pub fn resolve(&self, which: Which) -> Result<usize, CheckpointError> {
         let epochs = self.epochs()?;
-        let last = *epochs.last().ok_or_else(|| CheckpointError::NoCheckpoint { path: self.dir.clone() })?;
+        let last = *epochs.last().ok_or_else(|| CheckpointError::NoCheckpoint {
+            path: self.dir.clone(),
+        })?;
         let epoch = match which {
             Which::Last => last,
             Which::Epoch(n) => n,
@@ -185,8 +217,16 @@ impl Run {
             },
         };
         if !epochs.contains(&epoch) {
-            let kept = epochs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-            return Err(CheckpointError::NoSuchEpoch { path: self.checkpoints_dir(), epoch, kept });
+            let kept = epochs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(CheckpointError::NoSuchEpoch {
+                path: self.checkpoints_dir(),
+                epoch,
+                kept,
+            });
         }
         Ok(epoch)
     }
@@ -200,19 +240,29 @@ impl Run {
     pub fn state(&self, epoch: usize) -> Result<TrainState, CheckpointError> {
         let path = self.checkpoint_dir(epoch).join(STATE_FILE);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid { path, message: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid {
+            path,
+            message: e.to_string(),
+        })
     }
 
     /// The network of a checkpoint on `device` (an autodiff device gives a trainable
     /// network), and that epoch's history record.
-    pub fn load_net(&self, which: Which, device: &Device) -> Result<(Net, EpochRecord), CheckpointError> {
+    pub fn load_net(
+        &self,
+        which: Which,
+        device: &Device,
+    ) -> Result<(Net, EpochRecord), CheckpointError> {
         let epoch = self.resolve(which)?;
         let state = self.state(epoch)?;
         let net = self.load_weights(epoch, device)?;
-        let record = state.record().cloned().ok_or_else(|| CheckpointError::Invalid {
-            path: self.checkpoint_dir(epoch).join(STATE_FILE),
-            message: format!("no history record for epoch {epoch}"),
-        })?;
+        let record = state
+            .record()
+            .cloned()
+            .ok_or_else(|| CheckpointError::Invalid {
+                path: self.checkpoint_dir(epoch).join(STATE_FILE),
+                message: format!("no history record for epoch {epoch}"),
+            })?;
         Ok((net, record))
     }
 
@@ -225,11 +275,13 @@ impl Run {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing model file"),
             });
         }
-        Net::new(&self.plan, device).try_load_file(&path).map_err(|e| CheckpointError::Mismatch {
-            path,
-            config: self.dir.join(CONFIG_FILE),
-            message: e.to_string().replace('\n', " "),
-        })
+        Net::new(&self.plan, device)
+            .try_load_file(&path)
+            .map_err(|e| CheckpointError::Mismatch {
+                path,
+                config: self.dir.join(CONFIG_FILE),
+                message: e.to_string().replace('\n', " "),
+            })
     }
 
     /// Everything to continue training after `epoch`: the trainable network on
@@ -278,10 +330,16 @@ fn list_checkpoints(dir: &Path) -> Result<Vec<usize>, CheckpointError> {
 /// Reads `classes.json` (a JSON array of class names).
 pub fn read_classes(path: &Path) -> Result<Vec<String>, CheckpointError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    let classes: Vec<String> = serde_json::from_slice(&bytes)
-        .map_err(|e| CheckpointError::Invalid { path: path.to_path_buf(), message: format!("expected a list of class names: {e}") })?;
+    let classes: Vec<String> =
+        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("expected a list of class names: {e}"),
+        })?;
     if classes.len() < 2 {
-        return Err(CheckpointError::Invalid { path: path.to_path_buf(), message: "fewer than 2 classes".into() });
+        return Err(CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            message: "fewer than 2 classes".into(),
+        });
     }
     Ok(classes)
 }
@@ -290,9 +348,14 @@ pub fn read_classes(path: &Path) -> Result<Vec<String>, CheckpointError> {
 pub fn read_best(dir: &Path) -> Result<Option<Best>, CheckpointError> {
     let path = dir.join(BEST_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| CheckpointError::Invalid { path, message: e.to_string() }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CheckpointError::Invalid {
+                    path,
+                    message: e.to_string(),
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(&path)(e)),
     }
@@ -304,7 +367,10 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Checkpoint
         serde_json::to_writer_pretty(&mut *w, value)?;
         std::io::Write::write_all(w, b"\n")
     })
-    .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), message: e.to_string() })
+    .map_err(|e| CheckpointError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Writes the checkpoint of `state.epoch`: `net` must be the evaluation copy
@@ -319,8 +385,15 @@ pub fn save_checkpoint(
 ) -> Result<PathBuf, CheckpointError> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     let target = root.join(epoch_dir_name(state.epoch));
-    let tmp = root.join(format!(".{}.tmp-{}", epoch_dir_name(state.epoch), std::process::id()));
-    let fail = |path: &Path, message: String| CheckpointError::CheckpointWrite { path: path.to_path_buf(), message };
+    let tmp = root.join(format!(
+        ".{}.tmp-{}",
+        epoch_dir_name(state.epoch),
+        std::process::id()
+    ));
+    let fail = |path: &Path, message: String| CheckpointError::CheckpointWrite {
+        path: path.to_path_buf(),
+        message,
+    };
     let result = (|| {
         std::fs::create_dir_all(&root).map_err(|e| fail(&root, e.to_string()))?;
         if tmp.exists() {
@@ -328,10 +401,15 @@ pub fn save_checkpoint(
         }
         std::fs::create_dir(&tmp).map_err(|e| fail(&tmp, e.to_string()))?;
         let model = tmp.join(MODEL_FILE);
-        net.clone().save_file(&model).map_err(|e| fail(&target.join(MODEL_FILE), e.to_string()))?;
+        net.clone()
+            .save_file(&model)
+            .map_err(|e| fail(&target.join(MODEL_FILE), e.to_string()))?;
         let opt = tmp.join(OPTIM_FILE);
-        optim.save(&opt).map_err(|e| fail(&target.join(OPTIM_FILE), e.to_string()))?;
-        write_json(&tmp.join(STATE_FILE), state).map_err(|e| fail(&target.join(STATE_FILE), strip_write(&e)))?;
+        optim
+            .save(&opt)
+            .map_err(|e| fail(&target.join(OPTIM_FILE), e.to_string()))?;
+        write_json(&tmp.join(STATE_FILE), state)
+            .map_err(|e| fail(&target.join(STATE_FILE), strip_write(&e)))?;
         if target.exists() {
             // A stale copy of this epoch (a run resumed from an earlier one): replace it.
             std::fs::remove_dir_all(&target).map_err(|e| fail(&target, e.to_string()))?;
@@ -351,11 +429,16 @@ pub fn save_checkpoint(
 /// Deletes checkpoints other than `keep` (and leftover temporary folders).
 pub fn prune_checkpoints(run_dir: &Path, keep: &[usize]) -> Result<(), CheckpointError> {
     let root = run_dir.join(CHECKPOINTS_DIR);
-    let Ok(entries) = std::fs::read_dir(&root) else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
     for e in entries.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
         let stale_tmp = name.starts_with(".epoch-") && name.contains(".tmp-");
-        let old = name.strip_prefix("epoch-").and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| !keep.contains(&n));
+        let old = name
+            .strip_prefix("epoch-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| !keep.contains(&n));
         if stale_tmp || old {
             std::fs::remove_dir_all(e.path()).map_err(io(&e.path()))?;
         }
@@ -369,7 +452,10 @@ pub fn weights_sha256(net: &Net) -> String {
     struct Hasher(Sha256);
     impl ModuleVisitor for Hasher {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            let values: Vec<f32> = p.val().try_into_vec_as::<f32>().expect("float parameters read as f32");
+            let values: Vec<f32> = p
+                .val()
+                .try_into_vec_as::<f32>()
+                .expect("float parameters read as f32");
             for v in values {
                 self.0.update(v.to_le_bytes());
             }
@@ -383,7 +469,10 @@ pub fn weights_sha256(net: &Net) -> String {
 }
 
 fn strip(message: &str, path: &Path) -> String {
-    message.strip_prefix(&format!("{}: ", path.display())).unwrap_or(message).to_string()
+    message
+        .strip_prefix(&format!("{}: ", path.display()))
+        .unwrap_or(message)
+        .to_string()
 }
 
 fn strip_write(e: &CheckpointError) -> String {
@@ -438,7 +527,10 @@ layers:
                     learning_rate: 1e-3,
                 })
                 .collect(),
-            best: Some(Best { epoch, val_loss: 1.0 / epoch as f64 }),
+            best: Some(Best {
+                epoch,
+                val_loss: 1.0 / epoch as f64,
+            }),
             wait: 0,
             stopped_early: false,
             weights_sha256: hash,
@@ -455,14 +547,24 @@ layers:
         let dir = tempfile::tempdir().unwrap();
         let run = run_dir(dir.path(), TINY);
         let device = Device::flex();
-        assert!(matches!(run.resolve(Which::Last), Err(CheckpointError::NoCheckpoint { .. })));
+        assert!(matches!(
+            run.resolve(Which::Last),
+            Err(CheckpointError::NoCheckpoint { .. })
+        ));
         let net = Net::new(&run.plan, &device);
         let hash = weights_sha256(&net);
         let optim = burn::optim::AdamConfig::new().init();
         for e in 1..=3 {
             save_checkpoint(dir.path(), &state(e, hash.clone()), &net, &optim).unwrap();
         }
-        write_json(&dir.path().join(BEST_FILE), &Best { epoch: 2, val_loss: 0.5 }).unwrap();
+        write_json(
+            &dir.path().join(BEST_FILE),
+            &Best {
+                epoch: 2,
+                val_loss: 0.5,
+            },
+        )
+        .unwrap();
         prune_checkpoints(dir.path(), &[2, 3]).unwrap();
         assert_eq!(run.epochs().unwrap(), vec![2, 3]);
         assert_eq!(run.resolve(Which::Best).unwrap(), 2);
@@ -472,12 +574,19 @@ layers:
 
         let (loaded, record) = run.load_net(Which::Best, &device).unwrap();
         assert_eq!(record.epoch, 2);
-        assert_eq!(weights_sha256(&loaded), hash, "weights round-trip bit-exactly");
+        assert_eq!(
+            weights_sha256(&loaded),
+            hash,
+            "weights round-trip bit-exactly"
+        );
 
         // The same checkpoint under a config with another layer list: clear error.
         let other = TINY.replace("filters: 2", "filters: 3");
         let run = run_dir(dir.path(), &other);
         let e = run.load_net(Which::Last, &device).unwrap_err().to_string();
-        assert!(e.contains("epoch-003/model.bpk") && e.contains("does not fit the run's config"), "{e}");
+        assert!(
+            e.contains("epoch-003/model.bpk") && e.contains("does not fit the run's config"),
+            "{e}"
+        );
     }
 }

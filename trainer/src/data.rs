@@ -41,18 +41,29 @@ pub const TEST: &str = "test";
 /// Problems with a data directory. Each names the folder it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: data directory not found (expected {path}/train/<class>/* and {path}/validation/<class>/*)")]
+    #[error(
+        "{path}: data directory not found (expected {path}/train/<class>/* and {path}/validation/<class>/*)"
+    )]
     MissingDataDir { path: PathBuf },
     #[error("{path}: the '{split}' split is missing (expected {path}/{split}/<class>/<images>)")]
     MissingSplit { path: PathBuf, split: &'static str },
     #[error("{path}: {reason}")]
     Folder { path: PathBuf, reason: String },
     #[error("{path}: only {count} class folder(s) ({classes}); a classifier needs at least 2")]
-    TooFewClasses { path: PathBuf, count: usize, classes: String },
+    TooFewClasses {
+        path: PathBuf,
+        count: usize,
+        classes: String,
+    },
     #[error("{path}: class folder has no image files")]
     EmptyClass { path: PathBuf },
     #[error("class folders differ: {a} has [{a_classes}] but {b} has [{b_classes}]")]
-    ClassMismatch { a: PathBuf, a_classes: String, b: PathBuf, b_classes: String },
+    ClassMismatch {
+        a: PathBuf,
+        a_classes: String,
+        b: PathBuf,
+        b_classes: String,
+    },
     #[error("{path}: no usable image files")]
     NoImages { path: PathBuf },
     #[error("{count} unreadable image file(s) and --strict is set; first: {first}")]
@@ -91,7 +102,10 @@ impl Split {
     pub fn scan(name: &str, root: &Path) -> Result<Split, DataError> {
         let folders = scan_class_folders(root).map_err(|e| match e {
             fennec_runtime::Error::Folder { path, reason } => DataError::Folder { path, reason },
-            other => DataError::Folder { path: root.to_path_buf(), reason: other.to_string() },
+            other => DataError::Folder {
+                path: root.to_path_buf(),
+                reason: other.to_string(),
+            },
         })?;
         if folders.classes.len() < 2 {
             return Err(DataError::TooFewClasses {
@@ -100,7 +114,11 @@ impl Split {
                 classes: folders.classes.join(", "),
             });
         }
-        let examples = folders.files.into_iter().map(|(path, label)| Example { path, label }).collect();
+        let examples = folders
+            .files
+            .into_iter()
+            .map(|(path, label)| Example { path, label })
+            .collect();
         Ok(Split {
             name: name.to_string(),
             root: root.to_path_buf(),
@@ -123,7 +141,9 @@ impl Split {
     /// Errors naming the first class folder without images.
     pub fn require_no_empty_class(&self) -> Result<(), DataError> {
         match self.counts().iter().position(|&n| n == 0) {
-            Some(c) => Err(DataError::EmptyClass { path: self.root.join(&self.classes[c]) }),
+            Some(c) => Err(DataError::EmptyClass {
+                path: self.root.join(&self.classes[c]),
+            }),
             None => Ok(()),
         }
     }
@@ -164,7 +184,11 @@ impl Split {
     ) -> Option<Vec<Skipped>> {
         let len = loader.image_len();
         let n = self.examples.len();
-        let mut buffer = if cache { vec![0u8; n * len] } else { Vec::new() };
+        let mut buffer = if cache {
+            vec![0u8; n * len]
+        } else {
+            Vec::new()
+        };
         let outcome: Vec<Option<Result<(), ImageError>>> = if cache {
             buffer
                 .par_chunks_mut(len.max(1))
@@ -224,15 +248,26 @@ impl Split {
 
     /// Writes example `index`'s normalised tensor into `out`, augmenting its pixels
     /// first when `augment` is given.
-    fn tensor(&self, loader: &Loader, index: usize, augment: Option<(&Augment, u64)>, out: &mut [f32]) -> Result<(), DataError> {
+    fn tensor(
+        &self,
+        loader: &Loader,
+        index: usize,
+        augment: Option<(&Augment, u64)>,
+        out: &mut [f32],
+    ) -> Result<(), DataError> {
         let len = loader.image_len();
-        let cached = self.cache.as_ref().map(|c| &c[index * len..(index + 1) * len]);
+        let cached = self
+            .cache
+            .as_ref()
+            .map(|c| &c[index * len..(index + 1) * len]);
         match (cached, augment) {
             (Some(px), None) => loader.preprocess.normalize(px, out),
             (cached, augment) => {
                 let mut px = match cached {
                     Some(px) => px.to_vec(),
-                    None => loader.pixels(&self.examples[index].path).map_err(DataError::Changed)?,
+                    None => loader
+                        .pixels(&self.examples[index].path)
+                        .map_err(DataError::Changed)?,
                 };
                 if let Some((f, seed)) = augment {
                     f(&mut px, seed);
@@ -257,7 +292,10 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(preprocess: Preprocess) -> Loader {
-        Loader { preprocess, limits: DecodeLimits::default() }
+        Loader {
+            preprocess,
+            limits: DecodeLimits::default(),
+        }
     }
 
     /// Bytes of one image after colour conversion and geometry (`h * w * c`).
@@ -288,12 +326,17 @@ impl DataSet {
     /// folder in train, class folders that differ between splits.
     pub fn scan(root: &Path) -> Result<DataSet, DataError> {
         if !root.is_dir() {
-            return Err(DataError::MissingDataDir { path: root.to_path_buf() });
+            return Err(DataError::MissingDataDir {
+                path: root.to_path_buf(),
+            });
         }
         let split = |name: &'static str| {
             let dir = root.join(name);
             if !dir.exists() {
-                return Err(DataError::MissingSplit { path: root.to_path_buf(), split: name });
+                return Err(DataError::MissingSplit {
+                    path: root.to_path_buf(),
+                    split: name,
+                });
             }
             Split::scan(name, &dir)
         };
@@ -308,7 +351,13 @@ impl DataSet {
         } else {
             None
         };
-        Ok(DataSet { root: root.to_path_buf(), classes: train.classes.clone(), train, validation, test })
+        Ok(DataSet {
+            root: root.to_path_buf(),
+            classes: train.classes.clone(),
+            train,
+            validation,
+            test,
+        })
     }
 }
 
@@ -316,7 +365,9 @@ impl DataSet {
 /// a quarter of the RAM, at most 4 GiB.
 pub fn cache_budget() -> u64 {
     use sysinfo::{MemoryRefreshKind, RefreshKind, System};
-    let sys = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
+    let sys = System::new_with_specifics(
+        RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
+    );
     let ram = sys.total_memory();
     let quarter = if ram == 0 { 1 << 30 } else { ram / 4 };
     quarter.min(4 << 30)
@@ -415,12 +466,17 @@ impl BatchStream {
                         .par_chunks_mut(len.max(1))
                         .zip(chunk.par_iter())
                         .try_for_each(|(out, &ix)| {
-                            let aug = augment.as_ref().map(|a| (&*a.augment, image_seed(a.seed, a.epoch, ix)));
+                            let aug = augment
+                                .as_ref()
+                                .map(|a| (&*a.augment, image_seed(a.seed, a.epoch, ix)));
                             split.tensor(&loader, ix, aug, out)
                         })
                         .map(|()| Batch {
                             images,
-                            labels: chunk.iter().map(|&ix| split.examples[ix].label as i64).collect(),
+                            labels: chunk
+                                .iter()
+                                .map(|&ix| split.examples[ix].label as i64)
+                                .collect(),
                             len: chunk.len(),
                         });
                     let failed = result.is_err();
@@ -430,7 +486,11 @@ impl BatchStream {
                 }
             })
             .map_err(DataError::Thread)?;
-        Ok(BatchStream { rx: Some(rx), handle: Some(handle), batches })
+        Ok(BatchStream {
+            rx: Some(rx),
+            handle: Some(handle),
+            batches,
+        })
     }
 
     /// Number of batches this stream yields.
@@ -488,9 +548,11 @@ mod tests {
     fn image(root: &Path, class: &str, name: &str, rgb: [u8; 3]) {
         let dir = root.join(class);
         std::fs::create_dir_all(&dir).unwrap();
-        RgbImage::from_fn(6, 5, |x, y| Rgb([rgb[0], rgb[1].wrapping_add((x + y) as u8), rgb[2]]))
-            .save(dir.join(name))
-            .unwrap();
+        RgbImage::from_fn(6, 5, |x, y| {
+            Rgb([rgb[0], rgb[1].wrapping_add((x + y) as u8), rgb[2]])
+        })
+        .save(dir.join(name))
+        .unwrap();
     }
 
     fn dataset(root: &Path) {
@@ -566,10 +628,15 @@ mod tests {
         assert!(!uncached.is_cached());
         let order = epoch_order(6, 7, 1, true);
         for s in [Arc::new(split), Arc::new(uncached)] {
-            let stream = BatchStream::start(s.clone(), loader.clone(), order.clone(), 4, false, None).unwrap();
+            let stream =
+                BatchStream::start(s.clone(), loader.clone(), order.clone(), 4, false, None)
+                    .unwrap();
             assert_eq!(stream.batches(), 2);
             let batches: Vec<Batch> = stream.map(Result::unwrap).collect();
-            assert_eq!(batches.iter().map(|b| b.len).collect::<Vec<_>>(), vec![4, 2]);
+            assert_eq!(
+                batches.iter().map(|b| b.len).collect::<Vec<_>>(),
+                vec![4, 2]
+            );
             let first = &s.examples[order[0]];
             let want = loader.preprocess.load(&first.path, &loader.limits).unwrap();
             assert_eq!(&batches[0].images[..want.len()], &want[..]);
@@ -583,25 +650,41 @@ mod tests {
         dataset(dir.path());
         let mut split = Split::scan("train", &dir.path().join("train")).unwrap();
         let loader = Arc::new(Loader::new(Preprocess::keras(4, 4, ColorMode::Rgb)));
-        split.check(&loader, true, &|_| {}, &AtomicBool::new(false)).unwrap();
+        split
+            .check(&loader, true, &|_| {}, &AtomicBool::new(false))
+            .unwrap();
         let split = Arc::new(split);
         let invert: Arc<Augment> = Arc::new(|px: &mut [u8], seed: u64| {
             if seed % 2 == 0 {
                 px.iter_mut().for_each(|p| *p = 255 - *p);
             }
         });
-        let plan = AugmentPlan { augment: invert, seed: 1, epoch: 1 };
+        let plan = AugmentPlan {
+            augment: invert,
+            seed: 1,
+            epoch: 1,
+        };
         let order: Vec<usize> = (0..6).collect();
         let run = || {
-            BatchStream::start(split.clone(), loader.clone(), order.clone(), 4, true, Some(plan.clone()))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect::<Vec<_>>()
+            BatchStream::start(
+                split.clone(),
+                loader.clone(),
+                order.clone(),
+                4,
+                true,
+                Some(plan.clone()),
+            )
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
         };
         let (a, b) = (run(), run());
         assert_eq!(a.len(), 1, "drop_last drops the short batch");
         assert_eq!(a[0].images, b[0].images);
-        let plain = loader.preprocess.load(&split.examples[0].path, &loader.limits).unwrap();
+        let plain = loader
+            .preprocess
+            .load(&split.examples[0].path, &loader.limits)
+            .unwrap();
         let inverted = image_seed(1, 1, 0) % 2 == 0;
         assert_eq!(a[0].images[..plain.len()] != plain[..], inverted);
     }

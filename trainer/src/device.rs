@@ -37,7 +37,10 @@ pub fn init_threads(threads: Option<usize>) -> Result<usize, DeviceError> {
         .num_threads(n)
         .thread_name(|i| format!("fennec-compute-{i}"))
         .build_global()
-        .map_err(|e| DeviceError::Threads { threads: n, reason: e.to_string() })?;
+        .map_err(|e| DeviceError::Threads {
+            threads: n,
+            reason: e.to_string(),
+        })?;
     Ok(n)
 }
 

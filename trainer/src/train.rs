@@ -26,7 +26,8 @@ use serde::Serialize;
 
 use crate::augment::Augmenter;
 use crate::checkpoint::{
-    self, BEST_FILE, Best, CLASSES_FILE, CONFIG_FILE, CheckpointError, Run, SUMMARY_FILE, TrainState,
+    self, BEST_FILE, Best, CLASSES_FILE, CONFIG_FILE, CheckpointError, Run, SUMMARY_FILE,
+    TrainState,
 };
 use crate::config::{Config, Optimizer};
 use crate::data::{
@@ -68,7 +69,10 @@ pub enum TrainError {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("{path}: cannot write: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{run}: cannot resume: {message}")]
     Resume { run: PathBuf, message: String },
 }
@@ -78,7 +82,10 @@ pub enum TrainError {
 #[derive(Debug)]
 pub enum Event<'a> {
     /// Starting to decode-check the `total` files of a split.
-    Checking { split: &'a str, total: usize },
+    Checking {
+        split: &'a str,
+        total: usize,
+    },
     /// `n` more units done in the current phase (files checked, images trained or
     /// validated).
     Advance(u64),
@@ -87,14 +94,33 @@ pub enum Event<'a> {
     /// Data checked: per-split counts.
     DataReady(&'a DataReport),
     /// Continuing after the checkpoint of `epoch`.
-    Resumed { epoch: usize },
-    EpochStart { epoch: usize, epochs: usize, images: usize },
+    Resumed {
+        epoch: usize,
+    },
+    EpochStart {
+        epoch: usize,
+        epochs: usize,
+        images: usize,
+    },
     /// Running training metrics after a batch.
-    Batch { images: u64, loss: f64, accuracy: f64 },
-    Validating { images: usize },
-    EpochEnd { record: &'a EpochRecord, best: bool, checkpoint: &'a Path },
+    Batch {
+        images: u64,
+        loss: f64,
+        accuracy: f64,
+    },
+    Validating {
+        images: usize,
+    },
+    EpochEnd {
+        record: &'a EpochRecord,
+        best: bool,
+        checkpoint: &'a Path,
+    },
     /// Early stopping ended the run after `epoch`.
-    EarlyStop { epoch: usize, best: Best },
+    EarlyStop {
+        epoch: usize,
+        best: Best,
+    },
     /// Something the user should know that does not stop the run.
     Warning(String),
 }
@@ -184,7 +210,10 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
     let classes = data.classes.clone();
     let plan = config
         .resolve(classes.len())
-        .map_err(|message| TrainError::Config { path: opts.config_path.clone(), message })?;
+        .map_err(|message| TrainError::Config {
+            path: opts.config_path.clone(),
+            message,
+        })?;
 
     // What to continue from.
     let mut resumed: Option<(Run, usize)> = None;
@@ -206,12 +235,20 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         previous_seconds = read_total_seconds(run_dir);
     }
 
-    write_file(&run_dir.join(CONFIG_FILE), serde_yaml::to_string(config).expect("config serialises").as_bytes())?;
+    write_file(
+        &run_dir.join(CONFIG_FILE),
+        serde_yaml::to_string(config)
+            .expect("config serialises")
+            .as_bytes(),
+    )?;
     checkpoint::write_json(&run_dir.join(CLASSES_FILE), &classes)?;
 
     // Check every image once; cache the decoded pixels when they fit.
     let loader = Arc::new(Loader::new(config.preprocess()));
-    let (train_bytes, val_bytes) = (data.train.cache_bytes(&loader), data.validation.cache_bytes(&loader));
+    let (train_bytes, val_bytes) = (
+        data.train.cache_bytes(&loader),
+        data.validation.cache_bytes(&loader),
+    );
     let (cache_train, cache_val) = match t.cache {
         Some(c) => (c, c),
         None => {
@@ -220,9 +257,20 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         }
     };
     let mut failed = 0;
-    for (split, cache) in [(&mut data.train, cache_train), (&mut data.validation, cache_val)] {
-        obs.event(Event::Checking { split: &split.name, total: split.examples.len() });
-        let Some(bad) = split.check(&loader, cache, &|n| obs.event(Event::Advance(n)), &opts.stop) else {
+    for (split, cache) in [
+        (&mut data.train, cache_train),
+        (&mut data.validation, cache_val),
+    ] {
+        obs.event(Event::Checking {
+            split: &split.name,
+            total: split.examples.len(),
+        });
+        let Some(bad) = split.check(
+            &loader,
+            cache,
+            &|n| obs.event(Event::Advance(n)),
+            &opts.stop,
+        ) else {
             return Ok(interrupted(0, None, started, resumed.as_ref().map(|r| r.1)));
         };
         for s in &bad {
@@ -230,10 +278,17 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         }
         failed += bad.len();
         if opts.strict && failed > 0 {
-            return Err(DataError::Strict { count: failed, first: bad[0].reason.clone() }.into());
+            return Err(DataError::Strict {
+                count: failed,
+                first: bad[0].reason.clone(),
+            }
+            .into());
         }
         if split.examples.is_empty() {
-            return Err(DataError::NoImages { path: split.root.clone() }.into());
+            return Err(DataError::NoImages {
+                path: split.root.clone(),
+            }
+            .into());
         }
     }
     data.train.require_no_empty_class()?;
@@ -253,7 +308,10 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
 
     // The network, the optimizer and the state after the last finished epoch.
     let Optimizer::Adam(a) = &t.optimizer;
-    let adam = AdamConfig::new().with_beta_1(a.beta_1).with_beta_2(a.beta_2).with_epsilon(a.epsilon);
+    let adam = AdamConfig::new()
+        .with_beta_1(a.beta_1)
+        .with_beta_2(a.beta_2)
+        .with_epsilon(a.epsilon);
     let train_device = opts.device.clone().autodiff();
     let (mut net, mut optim, mut state) = match &resumed {
         Some((run, last)) => {
@@ -291,7 +349,8 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
     state.threads = threads;
     state.device = opts.device_name.clone();
     // Absolute, so that `--resume` works from another working directory.
-    state.data_dir = std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone());
+    state.data_dir =
+        std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone());
 
     let summary = |state: &TrainState, outcome: Outcome| RunSummary {
         config: &config.name,
@@ -310,7 +369,10 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         total_seconds: previous_seconds + started.elapsed().as_secs_f64(),
         fennec_version: fennec_runtime::VERSION,
     };
-    checkpoint::write_json(&run_dir.join(SUMMARY_FILE), &summary(&state, Outcome::Finished))?;
+    checkpoint::write_json(
+        &run_dir.join(SUMMARY_FILE),
+        &summary(&state, Outcome::Finished),
+    )?;
 
     let restore_best = t.early_stopping.as_ref().is_some_and(|e| e.restore_best);
     let result_epoch = |state: &TrainState| {
@@ -338,8 +400,9 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
     let [_, channels, height, width] = loader.preprocess.batch_shape(1);
     let augmenter = Augmenter::new(&t.augmentation);
     let augment: Option<Arc<Augment>> = (!augmenter.is_identity()).then(|| {
-        let f: Arc<Augment> =
-            Arc::new(move |px: &mut [u8], seed: u64| augmenter.apply(px, height, width, channels, seed));
+        let f: Arc<Augment> = Arc::new(move |px: &mut [u8], seed: u64| {
+            augmenter.apply(px, height, width, channels, seed)
+        });
         f
     });
     let train = Arc::new(data.train);
@@ -351,37 +414,88 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
     for epoch in state.epoch + 1..=t.epochs {
         train_device.seed(burn_seed(t.seed, epoch));
         let order = epoch_order(train.examples.len(), t.seed, epoch, t.shuffle);
-        let plan_aug = augment.clone().map(|augment| AugmentPlan { augment, seed: t.seed, epoch });
-        let stream =
-            BatchStream::start(train.clone(), loader.clone(), order, t.batch_size, t.drop_last, plan_aug)?;
-        obs.event(Event::EpochStart { epoch, epochs: t.epochs, images: train.examples.len() });
+        let plan_aug = augment.clone().map(|augment| AugmentPlan {
+            augment,
+            seed: t.seed,
+            epoch,
+        });
+        let stream = BatchStream::start(
+            train.clone(),
+            loader.clone(),
+            order,
+            t.batch_size,
+            t.drop_last,
+            plan_aug,
+        )?;
+        obs.event(Event::EpochStart {
+            epoch,
+            epochs: t.epochs,
+            images: train.examples.len(),
+        });
         let epoch_start = Instant::now();
         let mut metrics = Metrics::new(classes.len());
         for batch in stream {
             if opts.stop.load(Ordering::Relaxed) {
-                let _ = checkpoint::write_json(&run_dir.join(SUMMARY_FILE), &summary(&state, Outcome::Interrupted { epoch }));
-                return Ok(interrupted(epoch, result_epoch(&state), started, (state.epoch > 0).then_some(state.epoch)));
+                let _ = checkpoint::write_json(
+                    &run_dir.join(SUMMARY_FILE),
+                    &summary(&state, Outcome::Interrupted { epoch }),
+                );
+                return Ok(interrupted(
+                    epoch,
+                    result_epoch(&state),
+                    started,
+                    (state.epoch > 0).then_some(state.epoch),
+                ));
             }
             let batch = batch?;
             let n = batch.len;
-            let x = Tensor::<4>::from_data(TensorData::new(batch.images, [n, channels, height, width]), &train_device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [n]), &train_device);
+            let x = Tensor::<4>::from_data(
+                TensorData::new(batch.images, [n, channels, height, width]),
+                &train_device,
+            );
+            let y = Tensor::<1, Int>::from_data(
+                TensorData::new(batch.labels.clone(), [n]),
+                &train_device,
+            );
             let logits = net.forward(x);
             let loss = loss_fn.forward(logits.clone(), y);
             let host: Vec<f32> = logits.try_into_vec_as::<f32>().expect("logits read as f32");
             metrics.add(&host, &batch.labels);
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = optim.step(lr, net, grads);
-            obs.event(Event::Batch { images: metrics.count, loss: metrics.loss(), accuracy: metrics.accuracy() });
+            obs.event(Event::Batch {
+                images: metrics.count,
+                loss: metrics.loss(),
+                accuracy: metrics.accuracy(),
+            });
             obs.event(Event::Advance(n as u64));
         }
         let train_seconds = epoch_start.elapsed().as_secs_f64();
 
         let eval = net.valid();
-        obs.event(Event::Validating { images: validation.examples.len() });
-        let Some(val) = evaluate(&eval, &validation, &loader, t.batch_size, &opts.device, &opts.stop, obs)? else {
-            let _ = checkpoint::write_json(&run_dir.join(SUMMARY_FILE), &summary(&state, Outcome::Interrupted { epoch }));
-            return Ok(interrupted(epoch, result_epoch(&state), started, (state.epoch > 0).then_some(state.epoch)));
+        obs.event(Event::Validating {
+            images: validation.examples.len(),
+        });
+        let Some(val) = evaluate(
+            &eval,
+            &validation,
+            &loader,
+            t.batch_size,
+            &opts.device,
+            &opts.stop,
+            obs,
+        )?
+        else {
+            let _ = checkpoint::write_json(
+                &run_dir.join(SUMMARY_FILE),
+                &summary(&state, Outcome::Interrupted { epoch }),
+            );
+            return Ok(interrupted(
+                epoch,
+                result_epoch(&state),
+                started,
+                (state.epoch > 0).then_some(state.epoch),
+            ));
         };
         let record = EpochRecord {
             epoch,
@@ -397,22 +511,33 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
 
         let min_delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
         let improved = record.val_loss.is_finite()
-            && state.best.is_none_or(|b| record.val_loss < b.val_loss - min_delta);
+            && state
+                .best
+                .is_none_or(|b| record.val_loss < b.val_loss - min_delta);
         if improved {
-            state.best = Some(Best { epoch, val_loss: record.val_loss });
+            state.best = Some(Best {
+                epoch,
+                val_loss: record.val_loss,
+            });
             state.wait = 0;
         } else {
             state.wait += 1;
         }
-        state.stopped_early = t.early_stopping.as_ref().is_some_and(|e| state.wait >= e.patience) && epoch < t.epochs;
+        state.stopped_early = t
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| state.wait >= e.patience)
+            && epoch < t.epochs;
         state.epoch = epoch;
         state.history.push(record.clone());
         state.weights_sha256 = checkpoint::weights_sha256(&eval);
 
         let saved = checkpoint::save_checkpoint(run_dir, &state, &eval, &optim)?;
         epochs_this_run += 1;
-        write_history(run_dir, &state.history)
-            .map_err(|source| TrainError::Write { path: run_dir.join("history.json"), source })?;
+        write_history(run_dir, &state.history).map_err(|source| TrainError::Write {
+            path: run_dir.join("history.json"),
+            source,
+        })?;
         if improved {
             checkpoint::write_json(&run_dir.join(BEST_FILE), &state.best)?;
         }
@@ -421,21 +546,41 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         checkpoint::prune_checkpoints(run_dir, &keep)?;
         if let Err(e) = crate::plot::plot_history(run_dir, &state.history) {
             // A plot is a convenience: report it, keep training.
-            eprintln!("warning: {}: cannot draw the history plot: {e}", run_dir.join("history.png").display());
+            eprintln!(
+                "warning: {}: cannot draw the history plot: {e}",
+                run_dir.join("history.png").display()
+            );
         }
-        checkpoint::write_json(&run_dir.join(SUMMARY_FILE), &summary(&state, Outcome::Finished))?;
-        obs.event(Event::EpochEnd { record: &record, best: improved, checkpoint: &saved });
+        checkpoint::write_json(
+            &run_dir.join(SUMMARY_FILE),
+            &summary(&state, Outcome::Finished),
+        )?;
+        obs.event(Event::EpochEnd {
+            record: &record,
+            best: improved,
+            checkpoint: &saved,
+        });
         if state.stopped_early {
-            let best = state.best.expect("early stopping follows a first finite epoch");
+            let best = state
+                .best
+                .expect("early stopping follows a first finite epoch");
             obs.event(Event::EarlyStop { epoch, best });
             break;
         }
     }
-    checkpoint::write_json(&run_dir.join(SUMMARY_FILE), &summary(&state, Outcome::Finished))?;
+    checkpoint::write_json(
+        &run_dir.join(SUMMARY_FILE),
+        &summary(&state, Outcome::Finished),
+    )?;
     Ok(finish(&state, epochs_this_run))
 }
 
-fn interrupted(epoch: usize, result_epoch: Option<usize>, started: Instant, last: Option<usize>) -> FitReport {
+fn interrupted(
+    epoch: usize,
+    result_epoch: Option<usize>,
+    started: Instant,
+    last: Option<usize>,
+) -> FitReport {
     FitReport {
         outcome: Outcome::Interrupted { epoch },
         last_epoch: last,
@@ -456,8 +601,10 @@ fn read_total_seconds(run_dir: &Path) -> f64 {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    fennec_runtime::atomic::write_bytes_atomic(path, bytes)
-        .map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
+    fennec_runtime::atomic::write_bytes_atomic(path, bytes).map_err(|source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Draws every lazily initialised parameter now, so the initial weights depend only
@@ -493,7 +640,10 @@ pub fn evaluate(
         }
         let b = b?;
         let x = Tensor::<4>::from_data(TensorData::new(b.images, [b.len, c, h, w]), device);
-        let logits: Vec<f32> = net.forward(x).try_into_vec_as::<f32>().expect("logits read as f32");
+        let logits: Vec<f32> = net
+            .forward(x)
+            .try_into_vec_as::<f32>()
+            .expect("logits read as f32");
         metrics.add(&logits, &b.labels);
         obs.event(Event::Advance(b.len as u64));
     }
@@ -516,19 +666,28 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(classes: usize) -> Metrics {
-        Metrics { classes, ..Default::default() }
+        Metrics {
+            classes,
+            ..Default::default()
+        }
     }
 
     /// Adds a batch: `logits` is `[labels.len(), classes]`, row-major.
     pub fn add(&mut self, logits: &[f32], labels: &[i64]) {
         let k = self.classes;
-        assert_eq!(logits.len(), labels.len() * k, "logits do not match the labels");
+        assert_eq!(
+            logits.len(),
+            labels.len() * k,
+            "logits do not match the labels"
+        );
         for (row, &label) in logits.chunks_exact(k).zip(labels) {
             let label = label as usize;
             let (argmax, max) = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) });
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv { (i, v) } else { (bi, bv) }
+                });
             let max = max as f64;
             let sum: f64 = row.iter().map(|&z| (z as f64 - max).exp()).sum();
             self.loss_sum += max + sum.ln() - row[label] as f64;

@@ -79,17 +79,25 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
     let stop = AtomicBool::new(false);
     let bar = Bar::new(!args.json);
     bar.start(split.examples.len() as u64, "checking");
-    let bad = split.check(&loader, false, &|n| bar.0.inc(n), &stop).expect("not interrupted");
+    let bad = split
+        .check(&loader, false, &|n| bar.0.inc(n), &stop)
+        .expect("not interrupted");
     for s in &bad {
         bar.0.suspend(|| eprintln!("warning: skipped {}", s.reason));
     }
     if split.examples.is_empty() {
-        bail!("{}: no usable image files in the class folders", args.dir.display());
+        bail!(
+            "{}: no usable image files in the class folders",
+            args.dir.display()
+        );
     }
-    let batch = args.batch.map_or(run.config.training.batch_size, |b| b as usize);
+    let batch = args
+        .batch
+        .map_or(run.config.training.batch_size, |b| b as usize);
     let split = Arc::new(split);
     bar.start(split.examples.len() as u64, "evaluating");
-    let metrics = evaluate(&net, &split, &loader, batch, &device, &stop, &bar)?.expect("not interrupted");
+    let metrics =
+        evaluate(&net, &split, &loader, batch, &device, &stop, &bar)?.expect("not interrupted");
     bar.0.finish_and_clear();
 
     let report = Report {
@@ -119,10 +127,27 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
         report.images,
         report.skipped.len()
     )?;
-    writeln!(out, "  loss             {:.4}  (categorical cross-entropy)", report.loss)?;
-    writeln!(out, "  accuracy         {:.4}  (categorical: arg-max = label)", report.accuracy)?;
-    writeln!(out, "  binary accuracy  {:.4}  (Keras BinaryAccuracy on one-hot labels)", report.binary_accuracy)?;
-    writeln!(out, "  per-class report of the exported model: fennec eval {}/model.onnx {}", args.run_dir.display(), args.dir.display())?;
+    writeln!(
+        out,
+        "  loss             {:.4}  (categorical cross-entropy)",
+        report.loss
+    )?;
+    writeln!(
+        out,
+        "  accuracy         {:.4}  (categorical: arg-max = label)",
+        report.accuracy
+    )?;
+    writeln!(
+        out,
+        "  binary accuracy  {:.4}  (Keras BinaryAccuracy on one-hot labels)",
+        report.binary_accuracy
+    )?;
+    writeln!(
+        out,
+        "  per-class report of the exported model: fennec eval {}/model.onnx {}",
+        args.run_dir.display(),
+        args.dir.display()
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -134,14 +159,17 @@ impl Bar {
     }
     fn start(&self, len: u64, what: &str) {
         if self.1 {
-            self.0.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            self.0
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
         self.0.reset();
         self.0.set_length(len);
         self.0.set_style(
-            ProgressStyle::with_template(&format!("{what} [{{wide_bar}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"))
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(&format!(
+                "{what} [{{wide_bar}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"
+            ))
+            .expect("valid template")
+            .progress_chars("=> "),
         );
     }
 }

@@ -72,13 +72,21 @@ pub fn run(args: FitArgs) -> Result<ExitCode> {
     let (config, config_path, run_dir, data_dir) = match &args.resume {
         Some(dir) => resume_target(&args, dir)?,
         None => {
-            let path = args.config.clone().expect("clap requires CONFIG without --resume");
+            let path = args
+                .config
+                .clone()
+                .expect("clap requires CONFIG without --resume");
             let mut config = Config::load(&path)?;
             if let Some(n) = args.epochs {
                 config.training.epochs = n as usize;
             }
             let run_dir = create_run_dir(args.out.as_deref(), &config.name)?;
-            (config, path, run_dir, args.data.clone().unwrap_or_else(|| PathBuf::from("data")))
+            (
+                config,
+                path,
+                run_dir,
+                args.data.clone().unwrap_or_else(|| PathBuf::from("data")),
+            )
         }
     };
 
@@ -125,9 +133,14 @@ pub fn run(args: FitArgs) -> Result<ExitCode> {
                 Some(last) => eprintln!(
                     "interrupted during epoch {epoch}; the checkpoint of epoch {last} is intact \
                      ({}); continue with: {resume_hint}",
-                    run_dir.join(checkpoint::CHECKPOINTS_DIR).join(checkpoint::epoch_dir_name(last)).display()
+                    run_dir
+                        .join(checkpoint::CHECKPOINTS_DIR)
+                        .join(checkpoint::epoch_dir_name(last))
+                        .display()
                 ),
-                None => eprintln!("interrupted before the first epoch ended; no checkpoint yet; start again with: {resume_hint}"),
+                None => eprintln!(
+                    "interrupted before the first epoch ended; no checkpoint yet; start again with: {resume_hint}"
+                ),
             }
             return Ok(ExitCode::from(130));
         }
@@ -138,12 +151,22 @@ pub fn run(args: FitArgs) -> Result<ExitCode> {
     };
     // The best epoch when early stopping restores it, else the last.
     let onnx = run_dir.join("model.onnx");
-    let exported = export_run(&run_dir, Which::Epoch(epoch), &onnx, Precision::F32)
-        .with_context(|| format!("{}: training finished but the export failed", run_dir.display()))?;
+    let exported =
+        export_run(&run_dir, Which::Epoch(epoch), &onnx, Precision::F32).with_context(|| {
+            format!(
+                "{}: training finished but the export failed",
+                run_dir.display()
+            )
+        })?;
     if report.stopped_early && !args.quiet {
-        eprintln!("early stopping after epoch {}", report.last_epoch.unwrap_or(0));
+        eprintln!(
+            "early stopping after epoch {}",
+            report.last_epoch.unwrap_or(0)
+        );
     }
-    let best = report.best.map_or(String::new(), |b| format!(", best epoch {} (val_loss {:.4})", b.epoch, b.val_loss));
+    let best = report.best.map_or(String::new(), |b| {
+        format!(", best epoch {} (val_loss {:.4})", b.epoch, b.val_loss)
+    });
     println!(
         "trained {} epoch(s) in {:.1} s{best}; model.onnx from epoch {epoch}: {} ({} bytes)",
         report.epochs_this_run,
@@ -160,7 +183,11 @@ fn resume_target(args: &FitArgs, dir: &Path) -> Result<(Config, PathBuf, PathBuf
     if let Some(out) = &args.out
         && out != dir
     {
-        bail!("--out {} and --resume {} name different runs; give only --resume", out.display(), dir.display());
+        bail!(
+            "--out {} and --resume {} name different runs; give only --resume",
+            out.display(),
+            dir.display()
+        );
     }
     let run = Run::open(dir)?;
     let mut config = run.config.clone();
@@ -193,12 +220,18 @@ fn resume_target(args: &FitArgs, dir: &Path) -> Result<(Config, PathBuf, PathBuf
 /// Creates the run directory: `out` (which must not hold anything yet), or
 /// `runs/<name>`, `runs/<name>-2`, ... (the first that does not exist).
 fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
-    let cannot = |p: &Path, e: std::io::Error| anyhow!("{}: cannot create the run directory: {e}", p.display());
+    let cannot = |p: &Path, e: std::io::Error| {
+        anyhow!("{}: cannot create the run directory: {e}", p.display())
+    };
     if let Some(out) = out {
         if out.is_dir() {
             let mut entries = std::fs::read_dir(out).map_err(|e| cannot(out, e))?;
             if entries.next().is_some() {
-                let what = if out.join(checkpoint::CONFIG_FILE).exists() { "holds another run" } else { "is not empty" };
+                let what = if out.join(checkpoint::CONFIG_FILE).exists() {
+                    "holds another run"
+                } else {
+                    "is not empty"
+                };
                 bail!(
                     "{}: {what}; continue it with --resume {}, or choose another --out",
                     out.display(),
@@ -212,7 +245,11 @@ fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
     let runs = Path::new("runs");
     std::fs::create_dir_all(runs).map_err(|e| cannot(runs, e))?;
     for n in 1.. {
-        let dir = if n == 1 { runs.join(name) } else { runs.join(format!("{name}-{n}")) };
+        let dir = if n == 1 {
+            runs.join(name)
+        } else {
+            runs.join(format!("{name}-{n}"))
+        };
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -230,14 +267,26 @@ struct Console {
 
 impl Console {
     fn new(quiet: bool) -> Console {
-        Console { quiet, bar: Mutex::new(ProgressBar::hidden()) }
+        Console {
+            quiet,
+            bar: Mutex::new(ProgressBar::hidden()),
+        }
     }
 
     fn start(&self, len: u64, prefix: String, unit: &str) {
-        let bar = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(len) };
-        let template =
-            format!("{{prefix}} [{{wide_bar}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}} {{msg}}");
-        bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(len)
+        };
+        let template = format!(
+            "{{prefix}} [{{wide_bar}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}} {{msg}}"
+        );
+        bar.set_style(
+            ProgressStyle::with_template(&template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
         bar.set_prefix(prefix);
         let old = std::mem::replace(&mut *self.bar.lock().expect("bar lock"), bar);
         old.finish_and_clear();
@@ -245,7 +294,10 @@ impl Console {
 
     /// A line above the bar (or plain, when the bar is hidden).
     fn line(&self, text: &str) {
-        self.bar.lock().expect("bar lock").suspend(|| eprintln!("{text}"));
+        self.bar
+            .lock()
+            .expect("bar lock")
+            .suspend(|| eprintln!("{text}"));
     }
 
     fn clear(&self) {
@@ -256,7 +308,9 @@ impl Console {
 impl Observer for Console {
     fn event(&self, event: Event<'_>) {
         match event {
-            Event::Checking { split, total } => self.start(total as u64, format!("checking {split}"), "files"),
+            Event::Checking { split, total } => {
+                self.start(total as u64, format!("checking {split}"), "files")
+            }
             Event::Advance(n) => self.bar.lock().expect("bar lock").inc(n),
             Event::Skipped(s) => self.line(&format!("warning: skipped {}", s.reason)),
             Event::Warning(w) => self.line(&format!("warning: {w}")),
@@ -264,8 +318,17 @@ impl Observer for Console {
                 self.clear();
                 if !self.quiet {
                     let split = |name: &str, s: &fennec_train::data::SplitSummary| {
-                        let per: Vec<String> = s.per_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
-                        format!("{name} {} ({}){}", s.images, per.join(", "), if s.cached { ", cached" } else { "" })
+                        let per: Vec<String> = s
+                            .per_class
+                            .iter()
+                            .map(|(c, n)| format!("{c} {n}"))
+                            .collect();
+                        format!(
+                            "{name} {} ({}){}",
+                            s.images,
+                            per.join(", "),
+                            if s.cached { ", cached" } else { "" }
+                        )
                     };
                     self.line(&format!(
                         "data: {}; {}; {} file(s) skipped",
@@ -280,14 +343,20 @@ impl Observer for Console {
                     self.line(&format!("resuming after the checkpoint of epoch {epoch}"));
                 }
             }
-            Event::EpochStart { epoch, epochs, images } => {
-                self.start(images as u64, format!("epoch {epoch}/{epochs}"), "img")
-            }
-            Event::Batch { loss, accuracy, .. } => {
-                self.bar.lock().expect("bar lock").set_message(format!("loss {loss:.4} acc {accuracy:.4}"))
-            }
+            Event::EpochStart {
+                epoch,
+                epochs,
+                images,
+            } => self.start(images as u64, format!("epoch {epoch}/{epochs}"), "img"),
+            Event::Batch { loss, accuracy, .. } => self
+                .bar
+                .lock()
+                .expect("bar lock")
+                .set_message(format!("loss {loss:.4} acc {accuracy:.4}")),
             Event::Validating { images } => self.start(images as u64, "validating".into(), "img"),
-            Event::EpochEnd { record: r, best, .. } => {
+            Event::EpochEnd {
+                record: r, best, ..
+            } => {
                 self.clear();
                 if !self.quiet {
                     self.line(&format!(
@@ -329,9 +398,17 @@ mod tests {
         assert_eq!(create_run_dir(Some(&out), "m").unwrap(), out);
         std::fs::write(out.join("config.yaml"), "").unwrap();
         let e = create_run_dir(Some(&out), "m").unwrap_err().to_string();
-        assert!(e.contains("holds another run") && e.contains("--resume"), "{e}");
+        assert!(
+            e.contains("holds another run") && e.contains("--resume"),
+            "{e}"
+        );
         let under_file = out.join("config.yaml").join("run");
-        assert!(create_run_dir(Some(&under_file), "m").unwrap_err().to_string().contains("cannot create"));
+        assert!(
+            create_run_dir(Some(&under_file), "m")
+                .unwrap_err()
+                .to_string()
+                .contains("cannot create")
+        );
         std::env::set_current_dir(dir.path()).unwrap();
         let a = create_run_dir(None, "m");
         let b = create_run_dir(None, "m");
