@@ -18,8 +18,8 @@
 #       sudo apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf
 #     (or use `cross`, see docs/deploy-pi.md).
 #
-# Each target has its own --target-dir (target/pi-<arch>), so the builds never
-# invalidate each other or the host build. Cold builds take ~20 min per target on
+# Each target has its own --target-dir (target/pi-<arch>, or $FENNEC_PI_TARGET_DIR/
+# pi-<arch>), so the builds never invalidate each other or the host build. Cold builds take ~20 min per target on
 # 2 cores; builds run under `nice -n 10`.
 set -euo pipefail
 
@@ -107,7 +107,7 @@ build_one() {
     local arch="$1" t prefix target_dir out bin
     t=$(triple "$arch")
     prefix=$(gnu_prefix "$arch")
-    target_dir="$ROOT/target/pi-$arch"
+    target_dir="${FENNEC_PI_TARGET_DIR:-$ROOT/target}/pi-$arch"
     # target/pi/<arch>[-lite][-<profile>]/fennec
     out="$ROOT/target/pi/$arch"
     [[ $LITE -eq 1 ]] && out="$out-lite"

@@ -4,15 +4,17 @@
 # probabilities (and eval metrics) within 1e-4.
 #
 # Usage: FENNEC_PI_TESTS=1 scripts/test-pi.sh [--target aarch64|armv7|all] [--no-build]
-#        [--bench] [--lite]
+#        [--bench] [--lite|--lite-only] [--profile NAME]
 #
 # Without FENNEC_PI_TESTS=1 it prints SKIP and exits 0: the two cold cross builds
 # take ~20 min each on 2 cores, more than CI's budget leaves. It builds with
 # scripts/build-pi.sh (incremental after the first run) unless --no-build, the x86
-# reference with `cargo build --release`, and the fixtures (tests/examples/
-# pi_fixtures.rs) with the tests crate. --bench adds a `fennec bench` smoke figure
+# reference with `cargo build` (the dev profile the e2e tests use: Rust does not
+# reorder float operations, so the answers do not depend on the profile), and the
+# fixtures (tests/examples/pi_fixtures.rs) with the tests crate. --bench adds a `fennec bench` smoke figure
 # per target (emulated time, not device time). --lite also tests the lite build
-# on the NNEF-converted models.
+# on the NNEF-converted models (--lite-only: only that). --profile tests the binaries built with that
+# cargo profile (build-pi.sh --profile; default pi).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +23,8 @@ TARGETS=(aarch64 armv7)
 BUILD=1
 BENCH=0
 LITE=0
+FULL=1
+PROFILE=pi
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) shift; case "${1:-}" in
@@ -31,7 +35,9 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0 ;;
         --bench) BENCH=1 ;;
         --lite) LITE=1 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --lite-only) LITE=1; FULL=0 ;;
+        --profile) shift; PROFILE="${1:?--profile needs a name}" ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test-pi: unknown argument '$1'" >&2; exit 2 ;;
     esac
     shift
@@ -52,12 +58,19 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v qemu-arm >/dev/null; the
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user >/dev/null
 fi
-build_args=()
-[[ $LITE -eq 1 ]] && build_args+=(--lite)
+# Where build-pi.sh puts a build: target/pi/<arch>[-lite][-<profile>]/fennec.
+pi_bin() {
+    local d="$ROOT/target/pi/$1"
+    [[ ${2:-} == lite ]] && d="$d-lite"
+    [[ $PROFILE != pi ]] && d="$d-$PROFILE"
+    echo "$d/fennec"
+}
 if [[ $BUILD -eq 1 ]]; then
     for arch in "${TARGETS[@]}"; do
-        "$ROOT/scripts/build-pi.sh" --target "$arch"
-        [[ $LITE -eq 1 ]] && "$ROOT/scripts/build-pi.sh" --target "$arch" --lite
+        [[ $FULL -eq 1 ]] && "$ROOT/scripts/build-pi.sh" --target "$arch" --profile "$PROFILE"
+        if [[ $LITE -eq 1 ]]; then
+            "$ROOT/scripts/build-pi.sh" --target "$arch" --profile "$PROFILE" --lite
+        fi
     done
 fi
 # qemu-aarch64 runs the binary with the host's multiarch arm64 glibc (libc6:arm64,
@@ -71,10 +84,10 @@ if [[ " ${TARGETS[*]} " == *" aarch64 "* ]] && [[ ! -e /lib/ld-linux-aarch64.so.
 fi
 
 log "building the x86 reference and the fixtures"
-(cd "$ROOT" && nice -n 10 cargo build --quiet --release -p fennec-runtime --bin fennec \
+(cd "$ROOT" && nice -n 10 cargo build --quiet -p fennec-runtime --bin fennec \
     && nice -n 10 cargo build --quiet -p fennec-e2e --example pi_fixtures)
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-X86="$TARGET_DIR/release/fennec"
+X86="$TARGET_DIR/debug/fennec"
 FIX="$TARGET_DIR/debug/examples/pi_fixtures"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fennec-pi-test.XXXXXX")
@@ -122,12 +135,12 @@ check() { # check LABEL RUNNER BIN ARGS...
 }
 
 declare -A BINS
-for arch in "${TARGETS[@]}"; do
-    BINS[$arch]="$ROOT/target/pi/$arch/fennec"
-    [[ -x ${BINS[$arch]} ]] || die "${BINS[$arch]} missing: run scripts/build-pi.sh --target $arch"
+[[ $FULL -eq 1 ]] && for arch in "${TARGETS[@]}"; do
+    BINS[$arch]=$(pi_bin "$arch")
+    [[ -x ${BINS[$arch]} ]] || die "${BINS[$arch]} missing: run scripts/build-pi.sh --target $arch --profile $PROFILE"
 done
 
-for arch in "${TARGETS[@]}"; do
+[[ $FULL -eq 1 ]] && for arch in "${TARGETS[@]}"; do
     runners=("$arch")
     [[ $arch == armv7 ]] && runners+=(armv7neon)
     for runner in "${runners[@]}"; do
@@ -155,8 +168,8 @@ done
 if [[ $LITE -eq 1 ]]; then
     for m in cnn color_nhwc; do "$X86" convert "$m.onnx" "$m.nnef.tgz" >/dev/null; done
     for arch in "${TARGETS[@]}"; do
-        lite="$ROOT/target/pi/$arch-lite/fennec"
-        [[ -x $lite ]] || die "$lite missing: run scripts/build-pi.sh --target $arch --lite"
+        lite=$(pi_bin "$arch" lite)
+        [[ -x $lite ]] || die "$lite missing: run scripts/build-pi.sh --target $arch --profile $PROFILE --lite"
         runner=$arch; [[ $arch == armv7 ]] && runner=armv7neon
         # Same answers from the converted model under the lite build as from the ONNX file on x86.
         exp="$WORK/lite-exp.json"; act="$WORK/lite-act.json"
@@ -173,12 +186,12 @@ if [[ $LITE -eq 1 ]]; then
     done
 fi
 
-if [[ $BENCH -eq 1 ]]; then
+if [[ $BENCH -eq 1 && $FULL -eq 1 ]]; then
     log "bench smoke figures: qemu emulation on this machine, NOT device latency"
-    for runner in x86 "${TARGETS[@]}"; do
-        bin="$X86"; [[ $runner != x86 ]] && bin="${BINS[$runner]}"
+    for runner in "${TARGETS[@]}"; do
+        bin="${BINS[$runner]}"
         [[ $runner == armv7 ]] && runner=armv7neon
-        echo "== fennec bench cnn.onnx ($runner$([[ $runner != x86 ]] && echo ', qemu'))"
+        echo "== fennec bench cnn.onnx ($runner, qemu)"
         "run_$runner" "$bin" bench cnn.onnx --runs 30 --warmup 5 --threads 1,4 || true
     done
 fi
