@@ -655,7 +655,7 @@ mod tests {
             .unwrap();
         let split = Arc::new(split);
         let invert: Arc<Augment> = Arc::new(|px: &mut [u8], seed: u64| {
-            if seed % 2 == 0 {
+            if seed.is_multiple_of(2) {
                 px.iter_mut().for_each(|p| *p = 255 - *p);
             }
         });
@@ -685,7 +685,7 @@ mod tests {
             .preprocess
             .load(&split.examples[0].path, &loader.limits)
             .unwrap();
-        let inverted = image_seed(1, 1, 0) % 2 == 0;
+        let inverted = image_seed(1, 1, 0).is_multiple_of(2);
         assert_eq!(a[0].images[..plain.len()] != plain[..], inverted);
     }
 }
