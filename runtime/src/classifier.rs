@@ -381,13 +381,15 @@ impl Classifier {
         }
         let path = &self.info.path;
         let make = || -> TractResult<Plan> {
-            let model = match &self.batch_symbol {
+            let mut model = match &self.batch_symbol {
                 Some(s) => {
                     let subs = HashMap::from([(s.clone(), TDim::from(n as i64))]);
                     self.typed.set_symbols(&subs)?
                 }
                 None => self.typed.clone(),
             };
+            // fennec's own kernels for the conv/ReLU/max-pool chains tract is slow at.
+            crate::fast_ops::rewrite(&mut model)?;
             model.into_optimized()?.into_runnable()
         };
         let plan = match catch_unwind(AssertUnwindSafe(make)) {
@@ -474,6 +476,59 @@ impl Classifier {
         let per_image = fma / self.fixed_batch().unwrap_or(1) as u64;
         Some(2 * per_image)
     }
+
+    /// Wall time of each node of the optimised plan for `n` images (a fixed-batch
+    /// graph's own batch size), averaged over `runs` inferences of `input` after
+    /// one untimed run; slowest first. For `fennec bench --profile`.
+    pub fn profile(&self, input: &[f32], n: usize, runs: usize) -> Result<Vec<NodeTime>> {
+        let path = &self.info.path;
+        let n = self.fixed_batch().unwrap_or(n);
+        assert_eq!(input.len(), n * self.preprocess.tensor_len(), "input length");
+        let plan = self.plan(n)?;
+        let profile = || -> TractResult<Vec<NodeTime>> {
+            let tensor = Tensor::from_shape(&self.preprocess.batch_shape(n), input)?;
+            let mut state = plan.spawn()?;
+            let mut seconds = vec![0.0f64; plan.model().nodes().len()];
+            for run in 0..=runs {
+                state.run_plan_with_eval(tvec!(tensor.clone().into_tvalue()), |ctx, op_state, node, inputs| {
+                    let start = std::time::Instant::now();
+                    let out = tract_nnef::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    if run > 0 {
+                        seconds[node.id] += start.elapsed().as_secs_f64();
+                    }
+                    out
+                })?;
+            }
+            let mut nodes: Vec<NodeTime> = plan
+                .model()
+                .nodes()
+                .iter()
+                .filter(|node| seconds[node.id] > 0.0)
+                .map(|node| NodeTime {
+                    node: node.name.clone(),
+                    op: node.op.name().to_string(),
+                    ms: seconds[node.id] * 1000.0 / runs.max(1) as f64,
+                })
+                .collect();
+            nodes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+            Ok(nodes)
+        };
+        match catch_unwind(AssertUnwindSafe(profile)) {
+            Ok(r) => r.map_err(|e| Error::Tract { path: path.clone(), reason: chain(&e) }),
+            Err(p) => Err(Error::Tract { path: path.clone(), reason: panic_message(p) }),
+        }
+    }
+}
+
+/// Time spent in one node of a plan, from [`Classifier::profile`].
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeTime {
+    /// The node's name (from the ONNX graph, with tract's suffixes).
+    pub node: String,
+    /// The operator that ran it (tract's, or fennec's `FennecConv`).
+    pub op: String,
+    /// Milliseconds per inference.
+    pub ms: f64,
 }
 
 /// One ONNX dimension, as declared in the file.

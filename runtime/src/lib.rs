@@ -7,6 +7,8 @@
 //! - [`preprocess`]: the [`Preprocess`] spec and pixels → input tensor.
 //! - [`metadata`]: the keys a fennec ONNX file carries (labels, preprocessing).
 //! - [`classifier`]: load an ONNX model with tract, run batches, get probabilities.
+//! - [`fast_ops`], [`conv_kernels`]: fennec's own convolution + ReLU + max-pool
+//!   kernels, swapped into tract's graph where they apply (see bench/README.md).
 //! - [`folder`]: `<root>/<class>/<images>` folders and command-line file lists.
 //! - [`pipeline`]: parallel decoding overlapped with batched inference.
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
@@ -16,8 +18,10 @@
 
 pub mod atomic;
 pub mod classifier;
+pub mod conv_kernels;
 pub mod decode;
 pub mod error;
+pub mod fast_ops;
 pub mod folder;
 pub mod metadata;
 pub mod metrics;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use fennec_runtime::classifier::set_inference_threads;
+use fennec_runtime::classifier::{NodeTime, set_inference_threads};
 use serde::Serialize;
 
 use super::ModelArgs;
@@ -37,6 +37,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     warmup: u32,
 
+    /// Also time every node of the plan (after the latency runs, `--runs` more
+    /// inferences) and list them slowest first: where the time goes.
+    #[arg(long)]
+    profile: bool,
+
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -56,6 +61,9 @@ struct Measure {
     max_ms: f64,
     mean_ms: f64,
     images_per_second: f64,
+    /// Per-node times with `--profile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Vec<NodeTime>>,
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -83,6 +91,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 times.push(ms(t.elapsed()));
             }
             times.sort_by(f64::total_cmp);
+            let profile =
+                if args.profile { Some(classifier.profile(&input, b, args.runs as usize)?) } else { None };
             let mean = times.iter().sum::<f64>() / times.len() as f64;
             results.push(Measure {
                 threads,
@@ -96,6 +106,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 max_ms: times[times.len() - 1],
                 mean_ms: mean,
                 images_per_second: b as f64 * 1000.0 / mean,
+                profile,
             });
         }
     }
@@ -137,6 +148,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     t.write(&mut out)?;
     writeln!(out, "\n(latencies in ms per inference call of `batch` images)")?;
+    for r in &results {
+        let Some(nodes) = &r.profile else { continue };
+        let total: f64 = nodes.iter().map(|n| n.ms).sum();
+        writeln!(out, "\nprofile, threads {} batch {}: {total:.3} ms in the nodes", r.threads, r.batch)?;
+        let mut t = Table::new(["ms", "%", "op", "node"]);
+        for n in nodes {
+            let share = 100.0 * n.ms / total.max(1e-12);
+            t.row([format!("{:.3}", n.ms), format!("{share:.1}"), n.op.clone(), n.node.clone()]);
+        }
+        t.write(&mut out)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
