@@ -5,13 +5,15 @@
 //! network) → [`history`] (per-epoch records).
 pub mod config;
 pub mod model;
+pub mod conv;
+pub mod memory;
 pub mod history;
+pub mod augment;
+pub mod plot;
+pub mod split;
+pub mod preview;
 pub mod export;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
-pub mod augment;
 pub mod train;
-pub mod plot;
-pub mod split;
-pub mod preview;

@@ -130,8 +130,23 @@ impl Net {
     /// Logits `[batch, classes]` for images `[batch, channels, height, width]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x = Features::Map(images);
-        for block in &self.blocks {
+        let mut i = 0;
+        while i < self.blocks.len() {
+            let block = &self.blocks[i];
+            // A conv (ReLU or no activation) followed by a max-pool is one fused
+            // operation: the full-resolution map in between is never stored.
+            if let (Layer::Conv(conv), Some(Block { layer: Layer::MaxPool(pool), .. }), Features::Map(_)) =
+                (&block.layer, self.blocks.get(i + 1), &x)
+                && matches!(block.activation, Activation::Relu | Activation::None)
+            {
+                let Features::Map(t) = x else { unreachable!("matched above") };
+                let relu = block.activation == Activation::Relu;
+                x = Features::Map(crate::conv::conv2d_maxpool(t, conv, relu, pool));
+                i += 2;
+                continue;
+            }
             x = block.forward(x);
+            i += 1;
         }
         match x {
             Features::Flat(logits) => logits,
@@ -149,7 +164,11 @@ impl Block {
     fn forward(&self, x: Features) -> Features {
         use Features::{Flat, Map};
         let y = match (&self.layer, x) {
-            (Layer::Conv(c), Map(t)) => Map(c.forward(t)),
+            // The ReLU is fused into the convolution (one pass less over the map).
+            (Layer::Conv(c), Map(t)) if self.activation == Activation::Relu => {
+                return Map(crate::conv::conv2d(t, c, true));
+            }
+            (Layer::Conv(c), Map(t)) => Map(crate::conv::conv2d(t, c, false)),
             (Layer::MaxPool(p), Map(t)) => Map(p.forward(t)),
             (Layer::AvgPool(p), Map(t)) => Map(p.forward(t)),
             (Layer::BatchNorm(b), Map(t)) => Map(b.forward(t)),
