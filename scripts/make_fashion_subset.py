@@ -11,11 +11,15 @@ Zalando IDX files). Output, deterministic for a given package and --seed:
     OUT/README.md                        what this is and how it was made
 
 <index> is the image's position in its official IDX file. Class folders are named
-`<label>_<name>` (0_tshirt_top ... 9_ankle_boot) so that sorted order is label order.
+`<label>_<name>` (0_tshirt_top ... 9_ankle_boot) so that sorted order is label order, or,
+with --names plain, with Zalando's names (T-shirt_top ... Ankle_boot), as the peer scripts
+of ../shared/peers name them.
 Images are 28x28 8-bit grayscale PNGs, written with the standard library only (zlib).
 
 Usage:
     python3 scripts/make_fashion_subset.py [--deb dataset-fashion-mnist_*.deb] [--out data/fashion-mini]
+    # the whole dataset (60,000 train, 10,000 test), as models/fashion_model_3.md uses it:
+    python3 scripts/make_fashion_subset.py --out data/fashion --names plain --train 6000 --val 0 --test 1000
 Without --deb the package is fetched with `apt-get download dataset-fashion-mnist`.
 """
 
@@ -44,6 +48,9 @@ CLASSES = [
     "8_bag",
     "9_ankle_boot",
 ]
+# --names plain: Zalando's class names ("/" replaced), the layout the peer scripts of
+# ../shared/peers write; folders then sort in another order than the labels.
+PLAIN = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
 PREFIX = "usr/share/datasets/fashion-mnist/"
 COPYRIGHT = "usr/share/doc/dataset-fashion-mnist/copyright"
 
@@ -161,7 +168,11 @@ def main():
     ap.add_argument("--val", type=int, default=50, help="validation images per class")
     ap.add_argument("--test", type=int, default=100, help="test images per class")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--names", choices=["label", "plain"], default="label",
+                    help="class folder names: 'label' (0_tshirt_top ...: sorted = label order) "
+                    "or 'plain' (T-shirt_top ...: Zalando's names)")
     args = ap.parse_args()
+    names = CLASSES if args.names == "label" else PLAIN
 
     with tempfile.TemporaryDirectory() as tmp:
         deb = args.deb
@@ -199,7 +210,7 @@ def main():
     shutil.rmtree(tmp_out, ignore_errors=True)
     total = 0
     for split, c, i, pixels in plan:
-        d = os.path.join(tmp_out, split, CLASSES[c])
+        d = os.path.join(tmp_out, split, names[c])
         os.makedirs(d, exist_ok=True)
         png = png_gray(pixels, 28, 28)
         total += len(png)
@@ -209,10 +220,11 @@ def main():
         f.write(files[COPYRIGHT])
     with open(os.path.join(tmp_out, "README.md"), "w") as f:
         f.write(README.format(
-            train=args.train, val=args.val, test=args.test, seed=args.seed,
+            train=args.train, val=args.val, test=args.test,
+            options=f"--seed {args.seed}" + (" --names plain" if args.names == "plain" else ""),
             n_train=args.train * 10, n_val=args.val * 10, n_test=args.test * 10,
             deb=os.path.basename(deb), deb_sha=deb_sha, png_bytes=total,
-            classes="\n".join(f"| {c.split('_', 1)[0]} | `{c}` |" for c in CLASSES),
+            classes="\n".join(f"| {label} | `{name}` |" for label, name in enumerate(names)),
         ))
     shutil.rmtree(out, ignore_errors=True)
     os.rename(tmp_out, out)
@@ -231,13 +243,14 @@ in the layout `fennec-train` reads:
 | `validation/` | {val} | {n_val} | official training set (disjoint from `train/`) |
 | `test/` | {test} | {n_test} | official test set |
 
-File names are the image's index in its official IDX file. Class folders, sorted = label order:
+File names are the image's index in its official IDX file. Class folders, by official label
+(`fennec-train` numbers classes in sorted folder order):
 
 | label | folder |
 |---|---|
 {classes}
 
-Made by `scripts/make_fashion_subset.py --seed {seed}` from Debian's `{deb}`
+Made by `scripts/make_fashion_subset.py {options}` from Debian's `{deb}`
 (sha256 `{deb_sha}`); {png_bytes} bytes of PNG in all. The selection is deterministic
 (per class, indices ordered by sha256 of `seed:split:index`), so re-running the script
 on the same package gives the same files.
