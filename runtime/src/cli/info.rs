@@ -34,7 +34,7 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let source = |s| format!("{s:?}").to_lowercase();
-    let mut t = Table::new(["field", "value"]);
+    let mut t = Table::new(["field", "value"]).left_aligned();
     t.row(["file".to_string(), format!("{} ({})", i.path.display(), human_bytes(i.file_size))]);
     t.row(["producer".to_string(), format!("{} {}", i.producer, i.producer_version).trim().to_string()]);
     t.row(["opset".to_string(), format!("{} (ir_version {})", i.opset, i.ir_version)]);
@@ -64,10 +64,40 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
         t.row(["weights", h]);
     }
     if let Some(tr) = &i.metadata.training {
-        t.row(["training".to_string(), tr.to_string()]);
+        t.row(["training".to_string(), describe_training(tr)]);
     }
     t.write(&mut out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line from the training summary a fennec export carries (the whole of it is in
+/// `--json`): epochs, seed, batch, validation accuracy and dataset sizes, when present.
+fn describe_training(tr: &serde_json::Value) -> String {
+    let num = |k: &str| tr.get(k).and_then(serde_json::Value::as_f64);
+    let mut parts = vec![];
+    if let Some(e) = num("epochs_trained") {
+        parts.push(format!("{e} epochs"));
+    }
+    if let Some(b) = num("batch_size") {
+        parts.push(format!("batch {b}"));
+    }
+    if let Some(s) = num("seed") {
+        parts.push(format!("seed {s}"));
+    }
+    if let Some(a) = num("val_accuracy") {
+        parts.push(format!("val_accuracy {a:.4}"));
+    }
+    if let Some(d) = tr.get("dataset").and_then(serde_json::Value::as_object) {
+        let sizes: Vec<String> = d
+            .iter()
+            .filter(|(k, _)| *k != "skipped")
+            .filter_map(|(k, v)| v.as_u64().map(|n| format!("{k} {n}")))
+            .collect();
+        if !sizes.is_empty() {
+            parts.push(format!("images: {}", sizes.join(", ")));
+        }
+    }
+    if parts.is_empty() { tr.to_string() } else { parts.join(", ") }
 }
 
 fn human_bytes(n: u64) -> String {

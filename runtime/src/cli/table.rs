@@ -2,15 +2,23 @@
 
 use std::io::{self, Write};
 
-/// A table: first column left-aligned, the others right-aligned (numbers).
+/// A table: first column left-aligned, the others right-aligned (numbers) unless
+/// [`Table::left_aligned`].
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
+    left: bool,
 }
 
 impl Table {
     pub fn new<S: ToString>(header: impl IntoIterator<Item = S>) -> Self {
-        Table { header: header.into_iter().map(|s| s.to_string()).collect(), rows: vec![] }
+        Table { header: header.into_iter().map(|s| s.to_string()).collect(), rows: vec![], left: false }
+    }
+
+    /// Every column left-aligned: for text values (a field/value listing).
+    pub fn left_aligned(mut self) -> Self {
+        self.left = true;
+        self
     }
 
     pub fn row<S: ToString>(&mut self, cells: impl IntoIterator<Item = S>) {
@@ -30,7 +38,10 @@ impl Table {
             for (i, w) in width.iter().enumerate() {
                 let cell = r.get(i).map(String::as_str).unwrap_or("");
                 let pad = w - cell.chars().count();
-                if i == 0 {
+                if i == 0 || self.left {
+                    if i > 0 {
+                        line += "  ";
+                    }
                     line += cell;
                     line += &" ".repeat(pad);
                 } else {
@@ -57,5 +68,18 @@ mod tests {
         let mut out = Vec::new();
         t.write(&mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "class    n\ncat      5\nhippo  120\n");
+    }
+
+    #[test]
+    fn left_aligned_pads_after_each_cell() {
+        let mut t = Table::new(["field", "value", "x"]).left_aligned();
+        t.row(["a", "long value", "1"]);
+        t.row(["bb", "v", "22"]);
+        let mut out = Vec::new();
+        t.write(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "field  value       x\na      long value  1\nbb     v           22\n"
+        );
     }
 }
