@@ -144,9 +144,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
 
-    /// Threads for inference (tract's matrix products).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub threads: u32,
+    /// Threads for inference (tract's matrix products and fennec's convolutions)
+    /// [default: number of CPUs]. Decoding runs alongside on its own threads; on a
+    /// 2-core machine both defaults together score ~1.5x faster than `--threads 1`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
 
     /// Threads decoding and resizing images [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -163,8 +165,9 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn pipeline(&self) -> fennec_runtime::pipeline::PipelineOptions {
-        fennec_runtime::classifier::set_inference_threads(self.threads as usize);
         let defaults = fennec_runtime::pipeline::PipelineOptions::default();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        fennec_runtime::classifier::set_inference_threads(self.threads.map_or(cpus, |n| n as usize));
         fennec_runtime::pipeline::PipelineOptions {
             batch: self.batch as usize,
             decode_threads: self.decode_threads.map_or(defaults.decode_threads, |n| n as usize),
