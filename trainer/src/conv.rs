@@ -531,7 +531,6 @@ pub struct Forward {
 /// Forward pass on contiguous NCHW data: `x` is `batch x cin x h x w`, `w` is
 /// `cout x (cin*kh*kw)`, `b` is `cout`.
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], op: &Op) -> Forward {
-    let _t = Timer(std::time::Instant::now(), "fwd", *op);
     let g = &op.g;
     assert_eq!((x.len(), w.len(), b.len()), (g.batch * g.in_len(), g.cout * g.k(), g.cout));
     let (k, n, out_len) = (g.k(), g.n(), op.out_len());
@@ -667,9 +666,6 @@ fn pool_row(row: &[f32], p: &Pool, dy: usize, first: bool, best: &mut [f32], at:
     }
 }
 
-struct Timer(std::time::Instant, &'static str, Op);
-impl Drop for Timer { fn drop(&mut self) { if std::env::var_os("FENNEC_CONV_TIMING").is_some() { eprintln!("TIMING {} {}x{}x{} -> {} pool={}: {:.1} ms", self.1, self.2.g.cin, self.2.g.h, self.2.g.w, self.2.g.cout, self.2.pool.is_some(), self.0.elapsed().as_secs_f64()*1e3); } } }
-
 /// Gradients of one operation.
 pub struct Grads {
     /// `batch x cin x h x w`, when asked for.
@@ -692,7 +688,6 @@ pub fn backward(
     op: &Op,
     want_dx: bool,
 ) -> Grads {
-    let _t = Timer(std::time::Instant::now(), if want_dx {"bwd+dx"} else {"bwd"}, *op);
     let g = &op.g;
     let (k, n, in_len, out_len) = (g.k(), g.n(), g.in_len(), op.out_len());
     assert_eq!((x.len(), w.len(), dy.len()), (g.batch * in_len, g.cout * k, g.batch * out_len));

@@ -546,10 +546,10 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         checkpoint::prune_checkpoints(run_dir, &keep)?;
         if let Err(e) = crate::plot::plot_history(run_dir, &state.history) {
             // A plot is a convenience: report it, keep training.
-            eprintln!(
-                "warning: {}: cannot draw the history plot: {e}",
+            obs.event(Event::Warning(format!(
+                "{}: cannot draw the history plot: {e}",
                 run_dir.join("history.png").display()
-            );
+            )));
         }
         checkpoint::write_json(
             &run_dir.join(SUMMARY_FILE),
