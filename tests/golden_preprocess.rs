@@ -24,9 +24,15 @@ fn preprocessing_matches_pillow() {
         let spec: Preprocess = serde_json::from_value(case["spec"].clone()).unwrap();
         spec.validate().unwrap();
         let tolerance = case["tolerance"].as_f64().unwrap() as f32;
-        let bytes = std::fs::read(dir.join("expected").join(case["expected"].as_str().unwrap())).unwrap();
-        let expected: Vec<f32> =
-            bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let bytes = std::fs::read(
+            dir.join("expected")
+                .join(case["expected"].as_str().unwrap()),
+        )
+        .unwrap();
+        let expected: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         let image = dir.join("images").join(case["image"].as_str().unwrap());
         let got = match spec.load(&image, &DecodeLimits::default()) {
             Ok(t) => t,
@@ -41,7 +47,10 @@ fn preprocessing_matches_pillow() {
             .zip(&expected)
             .map(|(a, b)| (a - b).abs())
             .enumerate()
-            .fold((0f32, 0), |(m, i), (j, d)| if d > m { (d, j) } else { (m, i) });
+            .fold(
+                (0f32, 0),
+                |(m, i), (j, d)| if d > m { (d, j) } else { (m, i) },
+            );
         if worst > tolerance {
             failures.push(format!(
                 "{name}: max |diff| {worst:.6} ({:.2} levels) at {at} > tolerance {tolerance:.6} ({})",
@@ -50,5 +59,9 @@ fn preprocessing_matches_pillow() {
             ));
         }
     }
-    assert!(failures.is_empty(), "golden preprocessing mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden preprocessing mismatches:\n{}",
+        failures.join("\n")
+    );
 }

@@ -14,7 +14,10 @@ use image::{ImageFormat, Rgb, RgbImage};
 /// `target/<profile>` of the running test executable (`.../deps/<test>-<hash>`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary (`fennec`, `fennec-train`), built with the same profile
@@ -29,7 +32,16 @@ pub fn bin(name: &str) -> PathBuf {
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "-p", "fennec-runtime", "-p", "fennec-train", "--profile"])
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "fennec-runtime",
+                "-p",
+                "fennec-train",
+                "--profile",
+            ])
             .arg(&profile)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
@@ -58,7 +70,13 @@ impl Run {
         String::from_utf8_lossy(&self.out.stderr).into_owned()
     }
     fn dump(&self) -> String {
-        format!("$ {}\nexit {}\n--- stdout\n{}--- stderr\n{}", self.cmd, self.code(), self.stdout(), self.stderr())
+        format!(
+            "$ {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
+            self.cmd,
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        )
     }
     /// Asserts exit 0 and returns stdout.
     pub fn ok(&self) -> String {
@@ -91,9 +109,15 @@ pub fn run(name: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Run {
     }
     let text = format!(
         "{name} {}",
-        args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    Run { cmd: text, out: cmd.output().expect("spawn binary") }
+    Run {
+        cmd: text,
+        out: cmd.output().expect("spawn binary"),
+    }
 }
 
 /// Runs `fennec` with the given arguments.
@@ -133,7 +157,10 @@ pub fn color_folders(root: &Path, n: u32) {
     for (name, rgb) in COLORS {
         for i in 0..n {
             let ext = if i % 2 == 0 { "png" } else { "jpg" };
-            save(&color_image(10 + i % 7, 9 + i % 5, rgb, i), &root.join(name).join(format!("{i}.{ext}")));
+            save(
+                &color_image(10 + i % 7, 9 + i % 5, rgb, i),
+                &root.join(name).join(format!("{i}.{ext}")),
+            );
         }
     }
 }
@@ -153,7 +180,13 @@ pub struct TinyModel {
 
 impl Default for TinyModel {
     fn default() -> Self {
-        TinyModel { layout: Layout::Nchw, softmax: true, metadata: true, batch: None, size: 8 }
+        TinyModel {
+            layout: Layout::Nchw,
+            softmax: true,
+            metadata: true,
+            batch: None,
+            size: 8,
+        }
     }
 }
 
@@ -170,18 +203,37 @@ pub fn color_model(o: &TinyModel) -> Vec<u8> {
         Layout::Nchw => g.input("image", &nchw),
         Layout::Nhwc => {
             g.input("image", &nhwc);
-            x = g.node("Transpose", &["image"], vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))], None);
+            x = g.node(
+                "Transpose",
+                &["image"],
+                vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+                None,
+            );
         }
     }
     let pooled = g.node("GlobalAveragePool", &[&x], vec![], None);
     let flat = g.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))], None);
     // Class order blue, green, red: logits = 20 * (channel mean) - 10 * (sum of means).
-    let w = g.weight("w", &[3, 3], &[-10.0, -10.0, 10.0, -10.0, 10.0, -10.0, 10.0, -10.0, -10.0]);
+    let w = g.weight(
+        "w",
+        &[3, 3],
+        &[-10.0, -10.0, 10.0, -10.0, 10.0, -10.0, 10.0, -10.0, -10.0],
+    );
     let b = g.weight("b", &[3], &[0.0, 0.0, 0.0]);
     let out_name = "scores";
-    let logits = g.node("Gemm", &[&flat, &w, &b], vec![], (!o.softmax).then_some(out_name));
+    let logits = g.node(
+        "Gemm",
+        &[&flat, &w, &b],
+        vec![],
+        (!o.softmax).then_some(out_name),
+    );
     if o.softmax {
-        g.node("Softmax", &[&logits], vec![("axis", Attr::Int(1))], Some(out_name));
+        g.node(
+            "Softmax",
+            &[&logits],
+            vec![("axis", Attr::Int(1))],
+            Some(out_name),
+        );
     }
     g.output(out_name, &[o.batch, Some(3)]);
     let md = if o.metadata {
@@ -213,5 +265,8 @@ pub fn vector_model() -> Vec<u8> {
 
 /// A fresh temporary folder, removed on drop.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("fennec-e2e-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("fennec-e2e-")
+        .tempdir()
+        .unwrap()
 }

@@ -20,7 +20,10 @@ fn assert_close(a: &[Value], b: &[Value]) {
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x["file"], y["file"]);
-        let (px, py) = (x["predictions"].as_array().unwrap(), y["predictions"].as_array().unwrap());
+        let (px, py) = (
+            x["predictions"].as_array().unwrap(),
+            y["predictions"].as_array().unwrap(),
+        );
         assert_eq!(px.len(), py.len());
         for (p, q) in px.iter().zip(py) {
             assert_eq!(p["label"], q["label"], "{x} vs {y}");
@@ -35,12 +38,22 @@ fn converted_models_give_the_onnx_answers() {
     let d = tempdir();
     let imgs = d.path().join("imgs");
     for (i, (name, rgb)) in COLORS.iter().enumerate() {
-        save(&color_image(13 + i as u32, 9, *rgb, i as u32), &imgs.join(format!("{name}.png")));
+        save(
+            &color_image(13 + i as u32, 9, *rgb, i as u32),
+            &imgs.join(format!("{name}.png")),
+        );
     }
     let variants = [
         TinyModel::default(),
-        TinyModel { layout: Layout::Nhwc, softmax: false, ..Default::default() },
-        TinyModel { batch: Some(2), ..Default::default() },
+        TinyModel {
+            layout: Layout::Nhwc,
+            softmax: false,
+            ..Default::default()
+        },
+        TinyModel {
+            batch: Some(2),
+            ..Default::default()
+        },
     ];
     for (i, v) in variants.iter().enumerate() {
         let onnx = d.path().join(format!("m{i}.onnx"));
@@ -50,12 +63,23 @@ fn converted_models_give_the_onnx_answers() {
         assert!(out.contains("3 classes"), "{out}");
         let a = fennec!("predict", onnx, imgs, "--json", "-k", "3").ok();
         let b = fennec!("predict", nnef, imgs, "--json", "-k", "3", "--batch", "3").ok();
-        assert_close(&predictions(&a, &format!("m{i}.onnx")), &predictions(&b, &format!("m{i}.nnef.tgz")));
+        assert_close(
+            &predictions(&a, &format!("m{i}.onnx")),
+            &predictions(&b, &format!("m{i}.nnef.tgz")),
+        );
 
         // What `info` knows survives the conversion.
         let ia: Value = serde_json::from_str(&fennec!("info", onnx, "--json").ok()).unwrap();
         let ib: Value = serde_json::from_str(&fennec!("info", nnef, "--json").ok()).unwrap();
-        for key in ["layout", "num_classes", "output_kind", "parameters", "flops_per_image", "fixed_batch", "metadata"] {
+        for key in [
+            "layout",
+            "num_classes",
+            "output_kind",
+            "parameters",
+            "flops_per_image",
+            "fixed_batch",
+            "metadata",
+        ] {
             assert_eq!(ia["model"][key], ib["model"][key], "{key}");
         }
         assert_eq!(ia["labels"], ib["labels"]);
@@ -67,14 +91,27 @@ fn converted_models_give_the_onnx_answers() {
 fn labels_and_overrides_given_at_conversion_are_kept() {
     let d = tempdir();
     let onnx = d.path().join("bare.onnx");
-    fs::write(&onnx, color_model(&TinyModel { metadata: false, ..Default::default() })).unwrap();
+    fs::write(
+        &onnx,
+        color_model(&TinyModel {
+            metadata: false,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
     // Characters NNEF string literals cannot carry must survive.
     let labels = d.path().join("labels.txt");
     fs::write(&labels, "l'azur \"bleu\"\nvert\\n\nrouge é\n").unwrap();
     let nnef = d.path().join("bare.nnef.tgz");
-    fennec!("convert", onnx, nnef, "--labels", labels, "--filter", "lanczos3").ok();
+    fennec!(
+        "convert", onnx, nnef, "--labels", labels, "--filter", "lanczos3"
+    )
+    .ok();
     let info: Value = serde_json::from_str(&fennec!("info", nnef, "--json").ok()).unwrap();
-    assert_eq!(info["labels"], serde_json::json!(["l'azur \"bleu\"", "vert\\n", "rouge é"]));
+    assert_eq!(
+        info["labels"],
+        serde_json::json!(["l'azur \"bleu\"", "vert\\n", "rouge é"])
+    );
     assert_eq!(info["preprocess"]["filter"], "lanczos3");
     assert_eq!(info["model"]["labels_source"], "user");
 
@@ -124,7 +161,12 @@ fn ops_outside_tract_core_are_refused_at_conversion() {
     g.input("image", &[None, Some(3), Some(8), Some(8)]);
     let x = g.node("LRN", &["image"], vec![("size", Attr::Int(3))], None);
     let x = g.node("GlobalAveragePool", &[&x], vec![], None);
-    g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], Some("scores"));
+    g.node(
+        "Flatten",
+        &[&x],
+        vec![("axis", Attr::Int(1))],
+        Some("scores"),
+    );
     g.output("scores", &[None, Some(3)]);
     let onnx = d.path().join("lrn.onnx");
     fs::write(&onnx, g.finish(&ModelMetadata::default())).unwrap();

@@ -27,7 +27,10 @@ fn info_shows_metadata_and_shapes() {
     assert_eq!(v["model"]["num_classes"], 3);
     assert_eq!(v["model"]["parameters"], 12);
     assert_eq!(v["model"]["producer"], "fennec");
-    assert_eq!(v["model"]["input_shape"], serde_json::json!(["N", "3", "8", "8"]));
+    assert_eq!(
+        v["model"]["input_shape"],
+        serde_json::json!(["N", "3", "8", "8"])
+    );
     assert!(v["model"]["flops_per_image"].as_u64().unwrap() > 0);
     assert_eq!(v["preprocess"]["filter"], "bilinear");
 }
@@ -39,18 +42,39 @@ fn predict_files_dirs_and_globs() {
     let imgs = d.path().join("imgs");
     save(&color_image(20, 12, RED, 1), &imgs.join("a_red.png"));
     save(&color_image(8, 8, BLUE, 2), &imgs.join("b_blue.jpg"));
-    save(&color_image(33, 40, GREEN, 3), &imgs.join("sub/c_green.bmp"));
+    save(
+        &color_image(33, 40, GREEN, 3),
+        &imgs.join("sub/c_green.bmp"),
+    );
 
-    let table = fennec!("predict", m, imgs.join("a_red.png"), imgs.join("b_blue.jpg")).ok();
+    let table = fennec!(
+        "predict",
+        m,
+        imgs.join("a_red.png"),
+        imgs.join("b_blue.jpg")
+    )
+    .ok();
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("file"), "{table}");
-    assert!(lines[1].contains("a_red.png") && lines[1].contains("red"), "{table}");
-    assert!(lines[2].contains("b_blue.jpg") && lines[2].contains("blue"), "{table}");
+    assert!(
+        lines[1].contains("a_red.png") && lines[1].contains("red"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("b_blue.jpg") && lines[2].contains("blue"),
+        "{table}"
+    );
 
     // A directory is searched recursively, in sorted order; JSON lines, top 2.
     let out = fennec!("predict", m, imgs, "--json", "-k", "2").ok();
-    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let got: Vec<&str> = rows.iter().map(|r| r["predictions"][0]["label"].as_str().unwrap()).collect();
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<&str> = rows
+        .iter()
+        .map(|r| r["predictions"][0]["label"].as_str().unwrap())
+        .collect();
     assert_eq!(got, ["red", "blue", "green"]);
     assert_eq!(rows[0]["predictions"].as_array().unwrap().len(), 2);
     let p0 = rows[0]["predictions"][0]["probability"].as_f64().unwrap();
@@ -68,21 +92,46 @@ fn nhwc_logits_and_fixed_batch_models_agree() {
     let d = tempdir();
     let imgs = d.path().join("imgs");
     for (i, (_, rgb)) in COLORS.iter().enumerate() {
-        save(&color_image(8, 8, *rgb, i as u32), &imgs.join(format!("{i}.png")));
+        save(
+            &color_image(8, 8, *rgb, i as u32),
+            &imgs.join(format!("{i}.png")),
+        );
     }
-    let reference = fennec!("predict", write_model(d.path(), "a.onnx", &TinyModel::default()), imgs, "--json").ok();
+    let reference = fennec!(
+        "predict",
+        write_model(d.path(), "a.onnx", &TinyModel::default()),
+        imgs,
+        "--json"
+    )
+    .ok();
     let variants = [
-        TinyModel { layout: Layout::Nhwc, ..Default::default() },
-        TinyModel { softmax: false, ..Default::default() },
-        TinyModel { batch: Some(1), ..Default::default() },
-        TinyModel { batch: Some(2), ..Default::default() },
+        TinyModel {
+            layout: Layout::Nhwc,
+            ..Default::default()
+        },
+        TinyModel {
+            softmax: false,
+            ..Default::default()
+        },
+        TinyModel {
+            batch: Some(1),
+            ..Default::default()
+        },
+        TinyModel {
+            batch: Some(2),
+            ..Default::default()
+        },
     ];
     for (i, v) in variants.iter().enumerate() {
         let m = write_model(d.path(), &format!("v{i}.onnx"), v);
         let out = fennec!("predict", m, imgs, "--json", "--batch", "4").ok();
         let probs = |s: &str| -> Vec<f64> {
             s.lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap()["predictions"][0]["probability"].as_f64().unwrap())
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["predictions"][0]["probability"]
+                        .as_f64()
+                        .unwrap()
+                })
                 .collect()
         };
         for (a, b) in probs(&reference).iter().zip(probs(&out)) {
@@ -98,7 +147,10 @@ fn eval_reports_metrics_and_skips_bad_files() {
     let data = d.path().join("test");
     color_folders(&data, 6);
     // A mislabelled image: a green picture in the red folder.
-    save(&color_image(9, 9, GREEN, 99), &data.join("red/zz_wrong.png"));
+    save(
+        &color_image(9, 9, GREEN, 99),
+        &data.join("red/zz_wrong.png"),
+    );
     // Bad files, each must be listed and skipped.
     fs::write(data.join("red/empty.jpg"), b"").unwrap();
     fs::write(data.join("red/text.jpg"), b"this is not a jpeg").unwrap();
@@ -109,15 +161,36 @@ fn eval_reports_metrics_and_skips_bad_files() {
     let json_path = d.path().join("report.json");
     let csv_path = d.path().join("classes.csv");
     let miss_path = d.path().join("miss.csv");
-    let out = fennec!("eval", m, data, "--json", json_path, "--csv", csv_path, "--misclassified", miss_path, "--batch", "4").ok();
+    let out = fennec!(
+        "eval",
+        m,
+        data,
+        "--json",
+        json_path,
+        "--csv",
+        csv_path,
+        "--misclassified",
+        miss_path,
+        "--batch",
+        "4"
+    )
+    .ok();
     assert!(out.contains("accuracy: 0.9474 (18/19)"), "{out}");
     assert!(out.contains("confusion matrix"), "{out}");
-    assert!(out.contains("[truncated]") && out.contains("[empty]") && out.contains("[not_an_image]"), "{out}");
+    assert!(
+        out.contains("[truncated]") && out.contains("[empty]") && out.contains("[not_an_image]"),
+        "{out}"
+    );
 
     let r: Value = serde_json::from_slice(&fs::read(&json_path).unwrap()).unwrap();
     assert_eq!(r["scored"], 19);
     assert_eq!(r["files"], 22);
-    let kinds: Vec<&str> = r["skipped"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = r["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.len(), 4, "{kinds:?}");
     for k in ["not_an_image", "empty", "truncated"] {
         assert!(kinds.contains(&k), "{kinds:?}");
@@ -129,7 +202,12 @@ fn eval_reports_metrics_and_skips_bad_files() {
     assert!((r["per_class"][1]["precision"].as_f64().unwrap() - 6.0 / 7.0).abs() < 1e-9);
 
     let csv = fs::read_to_string(&csv_path).unwrap();
-    assert!(csv.starts_with("class,support,correct,predicted,accuracy,precision,recall,f1\nblue,6,6,6,"), "{csv}");
+    assert!(
+        csv.starts_with(
+            "class,support,correct,predicted,accuracy,precision,recall,f1\nblue,6,6,6,"
+        ),
+        "{csv}"
+    );
     let misses = fs::read_to_string(&miss_path).unwrap();
     assert_eq!(misses.lines().count(), 2, "{misses}");
     assert!(misses.contains("zz_wrong.png,red,green,"), "{misses}");
@@ -149,8 +227,12 @@ fn awkward_but_valid_images_are_scored() {
     // 1x1 image.
     save(&color_image(1, 1, RED, 0), &dir.join("one.png"));
     // 16-bit PNG.
-    let img16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(5, 4, |_, _| image::Rgb([60000u16, 3000, 3000]));
-    image::DynamicImage::ImageRgb16(img16).save(dir.join("deep16.png")).unwrap();
+    let img16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(5, 4, |_, _| {
+        image::Rgb([60000u16, 3000, 3000])
+    });
+    image::DynamicImage::ImageRgb16(img16)
+        .save(dir.join("deep16.png"))
+        .unwrap();
     // Animated GIF: first frame red, second blue.
     write_gif(&dir.join("anim.gif"));
     // Non-UTF-8 file name (Linux allows any bytes).
@@ -161,7 +243,10 @@ fn awkward_but_valid_images_are_scored() {
         save(&color_image(6, 6, RED, 5), &dir.join(name));
     }
     let out = fennec!("predict", m, dir, "--json").ok();
-    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), if cfg!(unix) { 4 } else { 3 }, "{out}");
     for r in &rows {
         assert_eq!(r["predictions"][0]["label"], "red", "{r}");
@@ -176,7 +261,13 @@ fn write_gif(path: &Path) {
     enc.set_repeat(Repeat::Infinite).unwrap();
     for c in [RED, BLUE] {
         let img = RgbaImage::from_pixel(8, 8, image::Rgba([c[0], c[1], c[2], 255]));
-        enc.encode_frame(Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(100, 1))).unwrap();
+        enc.encode_frame(Frame::from_parts(
+            img,
+            0,
+            0,
+            Delay::from_numer_denom_ms(100, 1),
+        ))
+        .unwrap();
     }
 }
 
@@ -193,17 +284,29 @@ fn huge_and_unreadable_images_are_skipped_not_fatal() {
     // Unreadable: a dangling symlink (root ignores file permissions, so also
     // try chmod 000 and accept either outcome for that one file).
     #[cfg(unix)]
-    std::os::unix::fs::symlink(d.path().join("nowhere.png"), data.join("green/dangling.png")).unwrap();
+    std::os::unix::fs::symlink(
+        d.path().join("nowhere.png"),
+        data.join("green/dangling.png"),
+    )
+    .unwrap();
     let json = d.path().join("r.json");
     fennec!("eval", m, data, "--json", json, "-q").ok();
     let r: Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
     let skipped = r["skipped"].as_array().unwrap();
-    let find = |name: &str| skipped.iter().find(|s| s["path"].as_str().unwrap().ends_with(name)).cloned();
+    let find = |name: &str| {
+        skipped
+            .iter()
+            .find(|s| s["path"].as_str().unwrap().ends_with(name))
+            .cloned()
+    };
     let huge = find("huge.png").expect("huge.png listed");
     assert_eq!(huge["kind"], "too_large");
     assert!(huge["reason"].as_str().unwrap().contains("10000x10000"));
     #[cfg(unix)]
-    assert_eq!(find("dangling.png").expect("dangling listed")["kind"], "unreadable");
+    assert_eq!(
+        find("dangling.png").expect("dangling listed")["kind"],
+        "unreadable"
+    );
     assert_eq!(r["scored"], 6);
 }
 
@@ -214,8 +317,16 @@ fn bad_models_fail_with_one_line_naming_the_file() {
     save(&color_image(8, 8, RED, 0), &img);
     let good = color_model(&TinyModel::default());
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("garbage.onnx", (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect(), "not a valid ONNX model"),
-        ("truncated.onnx", good[..good.len() * 2 / 3].to_vec(), "garbage"),
+        (
+            "garbage.onnx",
+            (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect(),
+            "not a valid ONNX model",
+        ),
+        (
+            "truncated.onnx",
+            good[..good.len() * 2 / 3].to_vec(),
+            "garbage",
+        ),
         ("empty.onnx", vec![], "not a valid ONNX model"),
         ("vector.onnx", vector_model(), "not an image classifier"),
     ];
@@ -253,18 +364,36 @@ fn bad_folders_fail_clearly() {
 #[test]
 fn model_without_metadata_needs_and_takes_labels() {
     let d = tempdir();
-    let m = write_model(d.path(), "bare.onnx", &TinyModel { metadata: false, size: 8, ..Default::default() });
+    let m = write_model(
+        d.path(),
+        "bare.onnx",
+        &TinyModel {
+            metadata: false,
+            size: 8,
+            ..Default::default()
+        },
+    );
     let img = d.path().join("x.png");
     save(&color_image(8, 8, GREEN, 0), &img);
     let r = fennec!("predict", m, img, "--json");
     let out = r.ok();
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["predictions"][0]["label"], "1");
-    assert!(r.stderr().contains("no class names") && r.stderr().contains("Keras defaults"), "{}", r.stderr());
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["predictions"][0]["label"],
+        "1"
+    );
+    assert!(
+        r.stderr().contains("no class names") && r.stderr().contains("Keras defaults"),
+        "{}",
+        r.stderr()
+    );
 
     let labels = d.path().join("labels.txt");
     fs::write(&labels, "blue\ngreen\nred\n").unwrap();
     let out = fennec!("predict", m, img, "--labels", labels, "--json").ok();
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["predictions"][0]["label"], "green");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["predictions"][0]["label"],
+        "green"
+    );
 
     fs::write(&labels, "only\ntwo\n").unwrap();
     fennec!("predict", m, img, "--labels", labels).fails(1, &["2 labels", "3 classes"]);
@@ -281,13 +410,30 @@ fn bench_reports_percentiles() {
     let d = tempdir();
     let m = write_model(d.path(), "m.onnx", &TinyModel::default());
     let v: Value = serde_json::from_str(
-        &fennec!("bench", m, "--batch", "1,4", "--threads", "1,2", "--runs", "5", "--warmup", "1", "--json").ok(),
+        &fennec!(
+            "bench",
+            m,
+            "--batch",
+            "1,4",
+            "--threads",
+            "1,2",
+            "--runs",
+            "5",
+            "--warmup",
+            "1",
+            "--json"
+        )
+        .ok(),
     )
     .unwrap();
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 4);
     for r in results {
-        let (min, p50, max) = (r["min_ms"].as_f64().unwrap(), r["p50_ms"].as_f64().unwrap(), r["max_ms"].as_f64().unwrap());
+        let (min, p50, max) = (
+            r["min_ms"].as_f64().unwrap(),
+            r["p50_ms"].as_f64().unwrap(),
+            r["max_ms"].as_f64().unwrap(),
+        );
         assert!(min <= p50 && p50 <= max && min > 0.0, "{r}");
     }
     let table = fennec!("bench", m, "--runs", "3").ok();
@@ -300,5 +446,8 @@ fn usage_errors_exit_2() {
     assert_eq!(fennec!("eval", "m.onnx", "dir", "--batch", "0").code(), 2);
     assert_eq!(fennec!("frobnicate").code(), 2);
     let help = fennec!("eval", "--help").ok();
-    assert!(help.contains("--misclassified") && help.contains("--decode-threads"), "{help}");
+    assert!(
+        help.contains("--misclassified") && help.contains("--decode-threads"),
+        "{help}"
+    );
 }

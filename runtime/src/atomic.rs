@@ -39,7 +39,10 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// `dir/.name.tmp-<pid>`: same folder (so the rename stays on one filesystem),
 /// hidden, and unique per process.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -58,8 +61,16 @@ mod tests {
             Err(io::Error::other("disk full"))
         });
         assert!(err.is_err());
-        assert_eq!(fs::read(&p).unwrap(), b"first", "old content survives a failed write");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            fs::read(&p).unwrap(),
+            b"first",
+            "old content survives a failed write"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 
     #[test]

@@ -122,8 +122,10 @@ pub struct Classifier {
 impl Classifier {
     /// Loads and prepares `path`. Fails with a one-line error naming the file.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Classifier> {
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::Io { path: path.into(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.into(),
+            source: e,
+        })?;
         let load = || {
             if nnef::is_nnef(&bytes) {
                 return Self::from_nnef(&bytes, path, options);
@@ -135,39 +137,68 @@ impl Classifier {
         };
         match catch_unwind(AssertUnwindSafe(load)) {
             Ok(r) => r,
-            Err(panic) => Err(Error::Tract { path: path.into(), reason: panic_message(panic) }),
+            Err(panic) => Err(Error::Tract {
+                path: path.into(),
+                reason: panic_message(panic),
+            }),
         }
     }
 
     #[cfg(feature = "onnx")]
     fn from_bytes(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Classifier> {
-        let invalid = |reason: String| Error::InvalidModel { path: path.into(), reason };
-        let not_classifier = |reason: String| Error::NotAClassifier { path: path.into(), reason };
-        let tract_err = |e: anyhow::Error| Error::Tract { path: path.into(), reason: chain(&e) };
+        let invalid = |reason: String| Error::InvalidModel {
+            path: path.into(),
+            reason,
+        };
+        let not_classifier = |reason: String| Error::NotAClassifier {
+            path: path.into(),
+            reason,
+        };
+        let tract_err = |e: anyhow::Error| Error::Tract {
+            path: path.into(),
+            reason: chain(&e),
+        };
 
         let onnx = tract_onnx::onnx();
         let proto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| invalid(format!("protobuf does not decode ({})", chain(&e))))?;
-        let graph = proto.graph.as_ref().ok_or_else(|| invalid("no graph in the file".into()))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| invalid("no graph in the file".into()))?;
         if graph.node.is_empty() {
             return Err(invalid("the graph has no nodes (truncated file?)".into()));
         }
         let metadata = ModelMetadata::from_props(
-            proto.metadata_props.iter().map(|e| (e.key.as_str(), e.value.as_str())),
+            proto
+                .metadata_props
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str())),
         )
-        .map_err(|(key, reason)| Error::Metadata { path: path.into(), key, reason })?;
+        .map_err(|(key, reason)| Error::Metadata {
+            path: path.into(),
+            key,
+            reason,
+        })?;
 
         // The image input: the one graph input that is not an initializer.
         let initializers: std::collections::HashSet<&str> =
             graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let inputs: Vec<&pb::ValueInfoProto> =
-            graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
+        let inputs: Vec<&pb::ValueInfoProto> = graph
+            .input
+            .iter()
+            .filter(|i| !initializers.contains(i.name.as_str()))
+            .collect();
         let [input] = inputs[..] else {
             return Err(not_classifier(format!(
                 "expected one image input, found {} ({})",
                 inputs.len(),
-                inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         };
         let [output] = &graph.output[..] else {
@@ -196,7 +227,11 @@ impl Classifier {
         }
 
         // Layout from the channel position; an explicit spec settles ambiguity.
-        let hint = options.preprocess.as_ref().or(metadata.preprocess.as_ref()).map(|p| p.layout);
+        let hint = options
+            .preprocess
+            .as_ref()
+            .or(metadata.preprocess.as_ref())
+            .map(|p| p.layout);
         let chan = |d: &Dim| matches!(d, Dim::Fixed(1 | 3));
         let layout = match (chan(&in_dims[1]), chan(&in_dims[3])) {
             (true, true) => hint.unwrap_or(Layout::Nchw),
@@ -216,37 +251,45 @@ impl Classifier {
             Layout::Nhwc => (3, 1, 2),
         };
         let channels = in_dims[c_ix].fixed().expect("checked above");
-        let model_color = if channels == 3 { ColorMode::Rgb } else { ColorMode::Grayscale };
+        let model_color = if channels == 3 {
+            ColorMode::Rgb
+        } else {
+            ColorMode::Grayscale
+        };
 
         // Preprocessing: user file > metadata > Keras defaults from the input shape;
         // then the user's field overrides.
-        let (mut preprocess, mut preprocess_source) =
-            match (&options.preprocess, &metadata.preprocess) {
-                (Some(p), _) => (p.clone(), Source::User),
-                (None, Some(p)) => (p.clone(), Source::Metadata),
-                (None, None) => {
-                    let size = match (in_dims[h_ix].fixed(), in_dims[w_ix].fixed()) {
-                        (Some(h), Some(w)) => Some((h as u32, w as u32)),
-                        _ => options.overrides.size,
-                    };
-                    let Some((h, w)) = size else {
-                        return Err(not_classifier(format!(
-                            "input '{}' has shape [{}] with no fixed height/width and the file \
+        let (mut preprocess, mut preprocess_source) = match (
+            &options.preprocess,
+            &metadata.preprocess,
+        ) {
+            (Some(p), _) => (p.clone(), Source::User),
+            (None, Some(p)) => (p.clone(), Source::Metadata),
+            (None, None) => {
+                let size = match (in_dims[h_ix].fixed(), in_dims[w_ix].fixed()) {
+                    (Some(h), Some(w)) => Some((h as u32, w as u32)),
+                    _ => options.overrides.size,
+                };
+                let Some((h, w)) = size else {
+                    return Err(not_classifier(format!(
+                        "input '{}' has shape [{}] with no fixed height/width and the file \
                              has no fennec.preprocess metadata; give --preprocess FILE.yaml or --size",
-                            input.name,
-                            shape_text.join(", ")
-                        )));
-                    };
-                    let mut p = Preprocess::keras(h, w, model_color);
-                    p.layout = layout;
-                    (p, Source::Default)
-                }
-            };
+                        input.name,
+                        shape_text.join(", ")
+                    )));
+                };
+                let mut p = Preprocess::keras(h, w, model_color);
+                p.layout = layout;
+                (p, Source::Default)
+            }
+        };
         if !options.overrides.is_empty() {
             options.overrides.apply(&mut preprocess);
             preprocess_source = Source::User;
         }
-        preprocess.validate().map_err(|e| not_classifier(e.to_string()))?;
+        preprocess
+            .validate()
+            .map_err(|e| not_classifier(e.to_string()))?;
         let mismatch = |what: &str, spec: String, model: String| {
             not_classifier(format!(
                 "preprocessing ({preprocess_source:?}) says {what} {spec} but input '{}' [{}] \
@@ -256,13 +299,23 @@ impl Classifier {
             ))
         };
         if preprocess.channels() != channels {
-            return Err(mismatch("channels", preprocess.channels().to_string(), channels.to_string()));
+            return Err(mismatch(
+                "channels",
+                preprocess.channels().to_string(),
+                channels.to_string(),
+            ));
         }
         if preprocess.layout != layout {
-            return Err(mismatch("layout", format!("{:?}", preprocess.layout), format!("{layout:?}")));
+            return Err(mismatch(
+                "layout",
+                format!("{:?}", preprocess.layout),
+                format!("{layout:?}"),
+            ));
         }
-        for (ix, want, what) in [(h_ix, preprocess.height, "height"), (w_ix, preprocess.width, "width")]
-        {
+        for (ix, want, what) in [
+            (h_ix, preprocess.height, "height"),
+            (w_ix, preprocess.width, "width"),
+        ] {
             if let Some(d) = in_dims[ix].fixed()
                 && d != want as usize
             {
@@ -274,18 +327,31 @@ impl Classifier {
         let dir = path.parent().and_then(|d| d.to_str());
         let parsed = onnx.parse(&proto, dir).map_err(tract_err)?;
         if !parsed.unresolved_inputs.is_empty() {
-            return Err(invalid(format!("unresolved inputs {:?}", parsed.unresolved_inputs)));
+            return Err(invalid(format!(
+                "unresolved inputs {:?}",
+                parsed.unresolved_inputs
+            )));
         }
         let mut model = parsed.model;
         let fixed_batch = in_dims[0].fixed();
-        let batch_symbol = if fixed_batch.is_none() { Some(model.symbols.sym("N")) } else { None };
+        let batch_symbol = if fixed_batch.is_none() {
+            Some(model.symbols.sym("N"))
+        } else {
+            None
+        };
         let batch_dim: TDim = match &batch_symbol {
             Some(s) => s.clone().into(),
             None => fixed_batch.unwrap().into(),
         };
-        let mut shape: Vec<TDim> = preprocess.batch_shape(1).iter().map(|&d| d.into()).collect();
+        let mut shape: Vec<TDim> = preprocess
+            .batch_shape(1)
+            .iter()
+            .map(|&d| d.into())
+            .collect();
         shape[0] = batch_dim;
-        model.set_input_fact(0, f32::fact(&shape).into()).map_err(tract_err)?;
+        model
+            .set_input_fact(0, f32::fact(&shape).into())
+            .map_err(tract_err)?;
         let typed = model
             .into_typed()
             .and_then(|m| m.into_decluttered())
@@ -294,9 +360,11 @@ impl Classifier {
         // Output: [N, K] (trailing unit axes allowed); K from the typed facts.
         let out_fact = typed.output_fact(0).map_err(tract_err)?.clone();
         let out_shape: Vec<String> = out_fact.shape.iter().map(|d| d.to_string()).collect();
-        let raw_classes = out_fact.shape.iter().skip(1).try_fold(1usize, |acc, d| {
-            d.to_usize().ok().map(|v| acc * v)
-        });
+        let raw_classes = out_fact
+            .shape
+            .iter()
+            .skip(1)
+            .try_fold(1usize, |acc, d| d.to_usize().ok().map(|v| acc * v));
         let raw_classes = match raw_classes {
             Some(k) if out_fact.shape.rank() >= 2 && k >= 1 => k,
             _ => {
@@ -319,7 +387,10 @@ impl Classifier {
         let (labels, labels_source) = match (&options.labels, &metadata.labels) {
             (Some(l), _) => (l.clone(), Source::User),
             (None, Some(l)) => (l.clone(), Source::Metadata),
-            (None, None) => ((0..num_classes).map(|i| i.to_string()).collect(), Source::Default),
+            (None, None) => (
+                (0..num_classes).map(|i| i.to_string()).collect(),
+                Source::Default,
+            ),
         };
         if labels.len() != num_classes {
             return Err(not_classifier(format!(
@@ -349,7 +420,11 @@ impl Classifier {
             fixed_batch,
             num_classes,
             output_kind,
-            parameters: graph.initializer.iter().map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum(),
+            parameters: graph
+                .initializer
+                .iter()
+                .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
+                .sum(),
             flops_per_image: None,
             labels_source,
             preprocess_source,
@@ -393,8 +468,16 @@ impl Classifier {
             model.into_optimized()?.into_runnable()
         };
         let plan = match catch_unwind(AssertUnwindSafe(make)) {
-            Ok(r) => r.map_err(|e| Error::Tract { path: path.clone(), reason: chain(&e) })?,
-            Err(p) => return Err(Error::Tract { path: path.clone(), reason: panic_message(p) }),
+            Ok(r) => r.map_err(|e| Error::Tract {
+                path: path.clone(),
+                reason: chain(&e),
+            })?,
+            Err(p) => {
+                return Err(Error::Tract {
+                    path: path.clone(),
+                    reason: panic_message(p),
+                });
+            }
         };
         plans.insert(n, plan.clone());
         Ok(plan)
@@ -438,10 +521,21 @@ impl Classifier {
             Ok(out.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
         };
         let raw = match catch_unwind(AssertUnwindSafe(run)) {
-            Ok(r) => r.map_err(|e| Error::Tract { path: path.clone(), reason: chain(&e) })?,
-            Err(p) => return Err(Error::Tract { path: path.clone(), reason: panic_message(p) }),
+            Ok(r) => r.map_err(|e| Error::Tract {
+                path: path.clone(),
+                reason: chain(&e),
+            })?,
+            Err(p) => {
+                return Err(Error::Tract {
+                    path: path.clone(),
+                    reason: panic_message(p),
+                });
+            }
         };
-        Ok(raw.chunks_exact(self.raw_classes).map(|row| self.to_probabilities(row)).collect())
+        Ok(raw
+            .chunks_exact(self.raw_classes)
+            .map(|row| self.to_probabilities(row))
+            .collect())
     }
 
     fn to_probabilities(&self, row: &[f32]) -> Vec<f32> {
@@ -461,7 +555,10 @@ impl Classifier {
     /// 2 x multiply-adds per image from tract's cost model, on a batch-1 copy.
     fn flops_per_image(&self) -> Option<u64> {
         let model = match &self.batch_symbol {
-            Some(s) => self.typed.set_symbols(&HashMap::from([(s.clone(), TDim::from(1))])).ok()?,
+            Some(s) => self
+                .typed
+                .set_symbols(&HashMap::from([(s.clone(), TDim::from(1))]))
+                .ok()?,
             None => self.typed.clone(),
         };
         let mut fma: u64 = 0;
@@ -483,21 +580,28 @@ impl Classifier {
     pub fn profile(&self, input: &[f32], n: usize, runs: usize) -> Result<Vec<NodeTime>> {
         let path = &self.info.path;
         let n = self.fixed_batch().unwrap_or(n);
-        assert_eq!(input.len(), n * self.preprocess.tensor_len(), "input length");
+        assert_eq!(
+            input.len(),
+            n * self.preprocess.tensor_len(),
+            "input length"
+        );
         let plan = self.plan(n)?;
         let profile = || -> TractResult<Vec<NodeTime>> {
             let tensor = Tensor::from_shape(&self.preprocess.batch_shape(n), input)?;
             let mut state = plan.spawn()?;
             let mut seconds = vec![0.0f64; plan.model().nodes().len()];
             for run in 0..=runs {
-                state.run_plan_with_eval(tvec!(tensor.clone().into_tvalue()), |ctx, op_state, node, inputs| {
-                    let start = std::time::Instant::now();
-                    let out = tract_nnef::tract_core::plan::eval(ctx, op_state, node, inputs);
-                    if run > 0 {
-                        seconds[node.id] += start.elapsed().as_secs_f64();
-                    }
-                    out
-                })?;
+                state.run_plan_with_eval(
+                    tvec!(tensor.clone().into_tvalue()),
+                    |ctx, op_state, node, inputs| {
+                        let start = std::time::Instant::now();
+                        let out = tract_nnef::tract_core::plan::eval(ctx, op_state, node, inputs);
+                        if run > 0 {
+                            seconds[node.id] += start.elapsed().as_secs_f64();
+                        }
+                        out
+                    },
+                )?;
             }
             let mut nodes: Vec<NodeTime> = plan
                 .model()
@@ -514,8 +618,14 @@ impl Classifier {
             Ok(nodes)
         };
         match catch_unwind(AssertUnwindSafe(profile)) {
-            Ok(r) => r.map_err(|e| Error::Tract { path: path.clone(), reason: chain(&e) }),
-            Err(p) => Err(Error::Tract { path: path.clone(), reason: panic_message(p) }),
+            Ok(r) => r.map_err(|e| Error::Tract {
+                path: path.clone(),
+                reason: chain(&e),
+            }),
+            Err(p) => Err(Error::Tract {
+                path: path.clone(),
+                reason: panic_message(p),
+            }),
         }
     }
 }
@@ -590,14 +700,21 @@ fn data_type_name(t: i32) -> String {
 /// Finds the op that produces `output`, looking through shape-only ops.
 #[cfg(feature = "onnx")]
 fn output_kind(graph: &pb::GraphProto, output: &str, raw_classes: usize) -> OutputKind {
-    let producer = |name: &str| graph.node.iter().find(|n| n.output.iter().any(|o| o == name));
+    let producer = |name: &str| {
+        graph
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == name))
+    };
     let mut name = output.to_string();
     let mut last_op = String::new();
     for _ in 0..16 {
         let Some(node) = producer(&name) else { break };
         last_op = node.op_type.clone();
-        let shape_only =
-            matches!(node.op_type.as_str(), "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze");
+        let shape_only = matches!(
+            node.op_type.as_str(),
+            "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze"
+        );
         match node.input.first() {
             Some(first) if shape_only => name = first.clone(),
             _ => break,

@@ -14,8 +14,7 @@ use crate::error::ImageError;
 
 /// Extensions (lower case) that folder scans treat as images, like Keras'
 /// `flow_from_directory` white-list plus GIF and WebP.
-pub const IMAGE_EXTENSIONS: &[&str] =
-    &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
 
 /// Default cap on decoded image size: 64 megapixels (e.g. 8000x8000).
 pub const DEFAULT_MAX_MEGAPIXELS: f64 = 64.0;
@@ -29,7 +28,9 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_megapixels: DEFAULT_MAX_MEGAPIXELS }
+        DecodeLimits {
+            max_megapixels: DEFAULT_MAX_MEGAPIXELS,
+        }
     }
 }
 
@@ -42,8 +43,10 @@ pub fn has_image_extension(path: &Path) -> bool {
 
 /// Reads and decodes `path`: first frame for animations, EXIF orientation applied.
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<DynamicImage, ImageError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| ImageError::Unreadable { path: path.to_path_buf(), reason: io_reason(&e) })?;
+    let bytes = std::fs::read(path).map_err(|e| ImageError::Unreadable {
+        path: path.to_path_buf(),
+        reason: io_reason(&e),
+    })?;
     decode_bytes(&bytes, path, limits)
 }
 
@@ -107,7 +110,9 @@ pub fn decode_bytes(
         });
     }
     // A missing or unreadable EXIF block is not an error: the image is used as stored.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, path, fmt))?;
     img.apply_orientation(orientation);
     Ok(img)
@@ -165,19 +170,36 @@ fn classify(e: image::ImageError, path: &Path, format: &'static str) -> ImageErr
             format,
             reason: format!("needs more memory than allowed ({reason})"),
         },
-        E::Unsupported(_) => ImageError::Unsupported { path, format, reason },
-        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Truncated { path, format, reason }
-        }
-        _ if looks_truncated(&reason) => ImageError::Truncated { path, format, reason },
-        _ => ImageError::Corrupt { path, format, reason },
+        E::Unsupported(_) => ImageError::Unsupported {
+            path,
+            format,
+            reason,
+        },
+        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => ImageError::Truncated {
+            path,
+            format,
+            reason,
+        },
+        _ if looks_truncated(&reason) => ImageError::Truncated {
+            path,
+            format,
+            reason,
+        },
+        _ => ImageError::Corrupt {
+            path,
+            format,
+            reason,
+        },
     }
 }
 
 fn looks_truncated(reason: &str) -> bool {
     let r = reason.to_ascii_lowercase();
-    r.contains("eof") || r.contains("end of file") || r.contains("unexpected end")
-        || r.contains("truncated") || r.contains("no more data")
+    r.contains("eof")
+        || r.contains("end of file")
+        || r.contains("unexpected end")
+        || r.contains("truncated")
+        || r.contains("no more data")
 }
 
 fn one_line(s: &str) -> String {
@@ -232,7 +254,12 @@ mod tests {
     #[test]
     fn empty_and_garbage() {
         let l = DecodeLimits::default();
-        assert_eq!(decode_bytes(b"", Path::new("e.jpg"), &l).unwrap_err().kind(), "empty");
+        assert_eq!(
+            decode_bytes(b"", Path::new("e.jpg"), &l)
+                .unwrap_err()
+                .kind(),
+            "empty"
+        );
         let e = decode_bytes(b"hello, I am text", Path::new("t.jpg"), &l).unwrap_err();
         assert_eq!(e.kind(), "not_an_image");
         assert!(e.to_string().starts_with("t.jpg: "), "{e}");
@@ -264,7 +291,9 @@ mod tests {
 
     #[test]
     fn pixel_cap_is_checked_from_the_header() {
-        let l = DecodeLimits { max_megapixels: 0.001 };
+        let l = DecodeLimits {
+            max_megapixels: 0.001,
+        };
         let e = decode_bytes(&png_bytes(40, 40), Path::new("big.png"), &l).unwrap_err();
         assert_eq!(e.kind(), "too_large");
         assert!(e.to_string().contains("40x40"), "{e}");

@@ -16,13 +16,30 @@ pub enum ImageError {
     #[error("{path}: not an image (no JPEG, PNG, BMP, GIF, WebP or TIFF signature)")]
     NotAnImage { path: PathBuf },
     #[error("{path}: truncated {format} data: {reason}")]
-    Truncated { path: PathBuf, format: &'static str, reason: String },
+    Truncated {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
     #[error("{path}: corrupt {format} data: {reason}")]
-    Corrupt { path: PathBuf, format: &'static str, reason: String },
+    Corrupt {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
     #[error("{path}: image is {width}x{height}, over the limit of {limit} megapixels")]
-    TooLarge { path: PathBuf, width: u32, height: u32, limit: f64 },
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        limit: f64,
+    },
     #[error("{path}: unsupported {format} image: {reason}")]
-    Unsupported { path: PathBuf, format: &'static str, reason: String },
+    Unsupported {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
 }
 
 impl ImageError {
@@ -59,7 +76,10 @@ pub enum Error {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid ONNX model: {reason}")]
     InvalidModel { path: PathBuf, reason: String },
     #[error("{path}: not an image classifier: {reason}")]
@@ -67,7 +87,11 @@ pub enum Error {
     #[error("{path}: tract cannot run this model: {reason}")]
     Tract { path: PathBuf, reason: String },
     #[error("{path}: invalid fennec metadata key '{key}': {reason}")]
-    Metadata { path: PathBuf, key: String, reason: String },
+    Metadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     #[error("invalid preprocessing spec: {0}")]
     Preprocess(String),
     #[error("{path}: {reason}")]

@@ -52,7 +52,10 @@ impl ClassFolders {
 /// has no class sub-folders. Hidden entries (`.name`) are ignored; an empty class
 /// folder is kept (with zero files) so class indices stay stable.
 pub fn scan_class_folders(root: &Path) -> Result<ClassFolders> {
-    let folder_err = |reason: String| Error::Folder { path: root.to_path_buf(), reason };
+    let folder_err = |reason: String| Error::Folder {
+        path: root.to_path_buf(),
+        reason,
+    };
     let meta = fs::metadata(root).map_err(|e| folder_err(io_reason(&e)))?;
     if !meta.is_dir() {
         return Err(folder_err("not a directory".into()));
@@ -64,10 +67,17 @@ pub fn scan_class_folders(root: &Path) -> Result<ClassFolders> {
             continue;
         }
         if entry.is_dir() {
-            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = entry
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             class_dirs.push((name, entry));
         } else {
-            skipped.push(skip(&entry, "not_in_class_folder", "file directly under the root, not in a class folder"));
+            skipped.push(skip(
+                &entry,
+                "not_in_class_folder",
+                "file directly under the root, not in a class folder",
+            ));
         }
     }
     if class_dirs.is_empty() {
@@ -103,11 +113,17 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>)>
         let is_pattern = !input.exists() && text.contains(['*', '?', '[']);
         if is_pattern {
             let matches: Vec<PathBuf> = glob::glob(&text)
-                .map_err(|e| Error::Folder { path: input.clone(), reason: format!("bad pattern: {e}") })?
+                .map_err(|e| Error::Folder {
+                    path: input.clone(),
+                    reason: format!("bad pattern: {e}"),
+                })?
                 .filter_map(|m| m.ok())
                 .collect();
             if matches.is_empty() {
-                return Err(Error::Folder { path: input.clone(), reason: "pattern matches no file".into() });
+                return Err(Error::Folder {
+                    path: input.clone(),
+                    reason: "pattern matches no file".into(),
+                });
             }
             for m in matches {
                 if m.is_dir() {
@@ -120,7 +136,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>)>
             let before = files.len();
             walk(input, 0, &mut files, &mut skipped);
             if files.len() == before && skipped.is_empty() {
-                return Err(Error::Folder { path: input.clone(), reason: "no image files in this directory".into() });
+                return Err(Error::Folder {
+                    path: input.clone(),
+                    reason: "no image files in this directory".into(),
+                });
             }
             files[before..].sort();
         } else {
@@ -134,13 +153,21 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>)>
 /// Collects image files under `dir` (recursively, sorted per folder).
 fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>) {
     if depth > MAX_DEPTH {
-        skipped.push(skip(dir, "too_deep", &format!("folder nested deeper than {MAX_DEPTH} levels")));
+        skipped.push(skip(
+            dir,
+            "too_deep",
+            &format!("folder nested deeper than {MAX_DEPTH} levels"),
+        ));
         return;
     }
     let entries = match read_dir_sorted(dir) {
         Ok(e) => e,
         Err(e) => {
-            skipped.push(skip(dir, "unreadable", &format!("cannot list folder: {}", io_reason(&e))));
+            skipped.push(skip(
+                dir,
+                "unreadable",
+                &format!("cannot list folder: {}", io_reason(&e)),
+            ));
             return;
         }
     };
@@ -159,14 +186,17 @@ fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>, skipped: &mut Vec<Sk
 }
 
 fn read_dir_sorted(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut entries: Vec<PathBuf> =
-        fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     Ok(entries)
 }
 
 fn is_hidden(path: &Path) -> bool {
-    path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+    path.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
 }
 
 fn skip(path: &Path, kind: &str, reason: &str) -> Skipped {
@@ -180,11 +210,20 @@ fn skip(path: &Path, kind: &str, reason: &str) -> Skipped {
 /// Reads a labels file: one class name per line, surrounding blanks trimmed, empty
 /// lines at the end ignored. Empty lines in the middle or duplicates are errors.
 pub fn read_labels(path: &Path) -> Result<Vec<String>> {
-    let text = fs::read_to_string(path).map_err(|e| Error::Io { path: path.into(), source: e })?;
+    let text = fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.into(),
+        source: e,
+    })?;
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    let end = lines.iter().rposition(|l| !l.is_empty()).map_or(0, |i| i + 1);
+    let end = lines
+        .iter()
+        .rposition(|l| !l.is_empty())
+        .map_or(0, |i| i + 1);
     let labels: Vec<String> = lines[..end].iter().map(|s| s.to_string()).collect();
-    let bad = |reason: String| Error::Labels { path: path.into(), reason };
+    let bad = |reason: String| Error::Labels {
+        path: path.into(),
+        reason,
+    };
     if labels.is_empty() {
         return Err(bad("no labels in the file".into()));
     }
@@ -221,10 +260,18 @@ mod tests {
         fs::create_dir_all(r.join("empty")).unwrap();
         let f = scan_class_folders(r).unwrap();
         assert_eq!(f.classes, vec!["cat", "dog", "empty"]);
-        let names: Vec<_> = f.files.iter().map(|(p, c)| (p.strip_prefix(r).unwrap().to_owned(), *c)).collect();
+        let names: Vec<_> = f
+            .files
+            .iter()
+            .map(|(p, c)| (p.strip_prefix(r).unwrap().to_owned(), *c))
+            .collect();
         assert_eq!(
             names,
-            vec![("cat/sub/z.jpeg".into(), 0), ("dog/a.PNG".into(), 1), ("dog/b.jpg".into(), 1)]
+            vec![
+                ("cat/sub/z.jpeg".into(), 0),
+                ("dog/a.PNG".into(), 1),
+                ("dog/b.jpg".into(), 1)
+            ]
         );
         assert_eq!(f.counts(), vec![1, 2, 0]);
         assert_eq!(f.skipped.len(), 1);
@@ -234,7 +281,9 @@ mod tests {
     #[test]
     fn missing_and_flat_roots_are_errors() {
         let dir = tempdir().unwrap();
-        let e = scan_class_folders(&dir.path().join("nope")).unwrap_err().to_string();
+        let e = scan_class_folders(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope") && e.contains("no such file"), "{e}");
         touch(&dir.path().join("a.jpg"));
         let e = scan_class_folders(dir.path()).unwrap_err().to_string();
@@ -248,7 +297,12 @@ mod tests {
         fs::write(&p, "cat\n dog \n\n").unwrap();
         assert_eq!(read_labels(&p).unwrap(), vec!["cat", "dog"]);
         fs::write(&p, "cat\n\ndog\n").unwrap();
-        assert!(read_labels(&p).unwrap_err().to_string().contains("line 2 is empty"));
+        assert!(
+            read_labels(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("line 2 is empty")
+        );
         fs::write(&p, "cat\ncat\n").unwrap();
         assert!(read_labels(&p).is_err());
     }

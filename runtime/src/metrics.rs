@@ -60,7 +60,12 @@ pub struct Summary {
 impl Evaluation {
     pub fn new(labels: Vec<String>, k: usize) -> Self {
         let n = labels.len();
-        Evaluation { k: k.clamp(1, n.max(1)), labels, confusion: vec![vec![0; n]; n], top_k_hits: 0 }
+        Evaluation {
+            k: k.clamp(1, n.max(1)),
+            labels,
+            confusion: vec![vec![0; n]; n],
+            top_k_hits: 0,
+        }
     }
 
     /// Records one image; returns the predicted class.
@@ -146,7 +151,9 @@ mod tests {
     use super::*;
 
     fn onehot(c: usize, n: usize) -> Vec<f32> {
-        (0..n).map(|i| if i == c { 0.9 } else { 0.1 / (n - 1) as f32 }).collect()
+        (0..n)
+            .map(|i| if i == c { 0.9 } else { 0.1 / (n - 1) as f32 })
+            .collect()
     }
 
     #[test]
@@ -169,8 +176,14 @@ mod tests {
         let c = &s.per_class[2];
         assert_eq!((c.precision, c.recall, c.f1), (0.0, 0.0, 0.0));
         assert!((s.macro_avg.recall - (2.0 / 3.0 + 1.0 + 0.0) / 3.0).abs() < 1e-12);
-        assert!((s.weighted_avg.recall - 0.6).abs() < 1e-12, "weighted recall = accuracy");
-        assert_eq!(s.confusion, vec![vec![2, 1, 0], vec![0, 1, 0], vec![1, 0, 0]]);
+        assert!(
+            (s.weighted_avg.recall - 0.6).abs() < 1e-12,
+            "weighted recall = accuracy"
+        );
+        assert_eq!(
+            s.confusion,
+            vec![vec![2, 1, 0], vec![0, 1, 0], vec![1, 0, 0]]
+        );
     }
 
     #[test]

@@ -7,9 +7,9 @@
 
 use prost::Message;
 
-pub use tract_onnx::pb;
 use pb::attribute_proto::AttributeType;
 use pb::tensor_proto::DataType;
+pub use tract_onnx::pb;
 
 use crate::metadata::{ModelMetadata, PRODUCER};
 
@@ -37,7 +37,13 @@ pub struct GraphBuilder {
 
 impl GraphBuilder {
     pub fn new(name: &str) -> Self {
-        GraphBuilder { graph: pb::GraphProto { name: name.into(), ..Default::default() }, counter: 0 }
+        GraphBuilder {
+            graph: pb::GraphProto {
+                name: name.into(),
+                ..Default::default()
+            },
+            counter: 0,
+        }
     }
 
     /// Declares a float32 graph input; `None` dims are symbolic (named `N` for the
@@ -53,7 +59,11 @@ impl GraphBuilder {
 
     /// Adds a float32 weight tensor; returns its name.
     pub fn weight(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
-        assert_eq!(dims.iter().product::<i64>() as usize, values.len(), "{name}: dims vs values");
+        assert_eq!(
+            dims.iter().product::<i64>() as usize,
+            values.len(),
+            "{name}: dims vs values"
+        );
         self.graph.initializer.push(pb::TensorProto {
             name: name.into(),
             dims: dims.to_vec(),
@@ -69,13 +79,20 @@ impl GraphBuilder {
     /// caller converts it back with a `Cast` node (`to` = [`FLOAT`]); tract and
     /// onnxruntime fold that cast into a float32 constant when they load the file.
     pub fn weight_f16(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
-        assert_eq!(dims.iter().product::<i64>() as usize, values.len(), "{name}: dims vs values");
+        assert_eq!(
+            dims.iter().product::<i64>() as usize,
+            values.len(),
+            "{name}: dims vs values"
+        );
         use tract_onnx::prelude::f16;
         self.graph.initializer.push(pb::TensorProto {
             name: name.into(),
             dims: dims.to_vec(),
             data_type: DataType::Float16 as i32,
-            raw_data: values.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect(),
+            raw_data: values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes())
+                .collect(),
             ..Default::default()
         });
         name.into()
@@ -103,7 +120,10 @@ impl GraphBuilder {
         output: Option<&str>,
     ) -> String {
         self.counter += 1;
-        let out = output.map_or_else(|| format!("{}_{}", op.to_lowercase(), self.counter), str::to_string);
+        let out = output.map_or_else(
+            || format!("{}_{}", op.to_lowercase(), self.counter),
+            str::to_string,
+        );
         self.graph.node.push(pb::NodeProto {
             name: format!("{op}_{}", self.counter),
             op_type: op.into(),
@@ -124,7 +144,10 @@ impl GraphBuilder {
     pub fn finish(self, metadata: &ModelMetadata) -> Vec<u8> {
         let model = pb::ModelProto {
             ir_version: IR_VERSION,
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }],
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
             producer_name: PRODUCER.into(),
             producer_version: crate::VERSION.into(),
             graph: Some(self.graph),
@@ -167,7 +190,10 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
 }
 
 fn attribute(name: &str, a: Attr) -> pb::AttributeProto {
-    let mut p = pb::AttributeProto { name: name.into(), ..Default::default() };
+    let mut p = pb::AttributeProto {
+        name: name.into(),
+        ..Default::default()
+    };
     match a {
         Attr::Int(i) => {
             p.i = i;

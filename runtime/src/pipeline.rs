@@ -63,8 +63,12 @@ pub fn classify_files(
         let (tx, rx) = sync_channel::<(usize, Vec<Scored>)>(1);
         scope.spawn(move || {
             for (n, paths) in files.chunks(chunk).enumerate() {
-                let decoded: Vec<Scored> =
-                    pool.install(|| paths.par_iter().map(|p| preprocess.load(p, &limits)).collect());
+                let decoded: Vec<Scored> = pool.install(|| {
+                    paths
+                        .par_iter()
+                        .map(|p| preprocess.load(p, &limits))
+                        .collect()
+                });
                 if tx.send((n * chunk, decoded)).is_err() {
                     return; // consumer stopped (inference error)
                 }
@@ -74,14 +78,15 @@ pub fn classify_files(
         let mut emitter = OrderedEmitter::new(&mut on_result);
         let mut pending: Vec<usize> = Vec::with_capacity(batch);
         let mut input: Vec<f32> = Vec::with_capacity(batch * len);
-        let run = |pending: &mut Vec<usize>, input: &mut Vec<f32>, emitter: &mut OrderedEmitter<_>| {
-            let probs = classifier.classify(input, pending.len())?;
-            for (ix, p) in pending.drain(..).zip(probs) {
-                emitter.push(ix, Ok(p));
-            }
-            input.clear();
-            Ok::<(), Error>(())
-        };
+        let run =
+            |pending: &mut Vec<usize>, input: &mut Vec<f32>, emitter: &mut OrderedEmitter<_>| {
+                let probs = classifier.classify(input, pending.len())?;
+                for (ix, p) in pending.drain(..).zip(probs) {
+                    emitter.push(ix, Ok(p));
+                }
+                input.clear();
+                Ok::<(), Error>(())
+            };
         for (start, decoded) in rx {
             for (offset, scored) in decoded.into_iter().enumerate() {
                 let ix = start + offset;
@@ -116,7 +121,11 @@ struct OrderedEmitter<'a, F: FnMut(usize, Scored)> {
 
 impl<'a, F: FnMut(usize, Scored)> OrderedEmitter<'a, F> {
     fn new(sink: &'a mut F) -> Self {
-        OrderedEmitter { next: 0, ready: BTreeMap::new(), sink }
+        OrderedEmitter {
+            next: 0,
+            ready: BTreeMap::new(),
+            sink,
+        }
     }
 
     fn push(&mut self, ix: usize, scored: Scored) {

@@ -142,13 +142,19 @@ impl Preprocess {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Preprocess(m));
         if self.height == 0 || self.width == 0 {
-            return bad(format!("size {}x{} must be at least 1x1", self.height, self.width));
+            return bad(format!(
+                "size {}x{} must be at least 1x1",
+                self.height, self.width
+            ));
         }
         if self.height > 16384 || self.width > 16384 {
             return bad(format!("size {}x{} is over 16384", self.height, self.width));
         }
         if !self.scale.is_finite() || self.scale == 0.0 {
-            return bad(format!("scale must be a non-zero finite number, got {}", self.scale));
+            return bad(format!(
+                "scale must be a non-zero finite number, got {}",
+                self.scale
+            ));
         }
         let c = self.channels();
         for (name, v) in [("mean", &self.mean), ("std", &self.std)] {
@@ -256,12 +262,25 @@ impl Preprocess {
         let (tw, th) = (self.width, self.height);
         let c = self.channels();
         match self.resize {
-            ResizeMode::Stretch => resize(src, w, h, (0.0, 0.0, w as f64, h as f64), tw, th, c, self.filter),
+            ResizeMode::Stretch => resize(
+                src,
+                w,
+                h,
+                (0.0, 0.0, w as f64, h as f64),
+                tw,
+                th,
+                c,
+                self.filter,
+            ),
             ResizeMode::CenterCrop => {
                 // Largest centred box with the target aspect ratio.
                 let (sw, sh) = (w as f64, h as f64);
                 let target = tw as f64 / th as f64;
-                let (cw, ch) = if sw / sh > target { (sh * target, sh) } else { (sw, sw / target) };
+                let (cw, ch) = if sw / sh > target {
+                    (sh * target, sh)
+                } else {
+                    (sw, sw / target)
+                };
                 let crop = ((sw - cw) / 2.0, (sh - ch) / 2.0, cw, ch);
                 resize(src, w, h, crop, tw, th, c, self.filter)
             }
@@ -269,7 +288,16 @@ impl Preprocess {
                 let s = (tw as f64 / w as f64).min(th as f64 / h as f64);
                 let nw = ((w as f64 * s).round() as u32).clamp(1, tw);
                 let nh = ((h as f64 * s).round() as u32).clamp(1, th);
-                let inner = resize(src, w, h, (0.0, 0.0, w as f64, h as f64), nw, nh, c, self.filter);
+                let inner = resize(
+                    src,
+                    w,
+                    h,
+                    (0.0, 0.0, w as f64, h as f64),
+                    nw,
+                    nh,
+                    c,
+                    self.filter,
+                );
                 let mut out = vec![0u8; tw as usize * th as usize * c];
                 let (x0, y0) = (((tw - nw) / 2) as usize, ((th - nh) / 2) as usize);
                 let row = nw as usize * c;
@@ -327,7 +355,10 @@ impl Overrides {
 }
 
 fn enum_name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Decoded image → interleaved 8-bit pixels in the wanted colour mode, following
@@ -344,7 +375,10 @@ fn convert_color(img: &DynamicImage, mode: ColorMode) -> (Vec<u8>, u32, u32) {
         | (ColorMode::Grayscale, DynamicImage::ImageLumaA16(_)) => img.to_luma8().into_raw(),
         (ColorMode::Grayscale, other) => {
             let rgb = other.to_rgb8();
-            rgb.as_raw().chunks_exact(3).map(|p| luma_601(p[0], p[1], p[2])).collect()
+            rgb.as_raw()
+                .chunks_exact(3)
+                .map(|p| luma_601(p[0], p[1], p[2]))
+                .collect()
         }
     };
     (data, w, h)
@@ -371,7 +405,11 @@ fn resize(
     if whole && (w, h) == (dw, dh) {
         return src.to_vec();
     }
-    let pixel_type = if channels == 3 { PixelType::U8x3 } else { PixelType::U8 };
+    let pixel_type = if channels == 3 {
+        PixelType::U8x3
+    } else {
+        PixelType::U8
+    };
     let src_view = fr::images::ImageRef::new(w, h, src, pixel_type)
         .expect("buffer length matches its dimensions");
     let mut dst = fr::images::Image::new(dw, dh, pixel_type);
@@ -475,7 +513,12 @@ mod tests {
         assert!(s.validate().is_err());
         s.height = 4;
         s.mean = vec![0.5, 0.5];
-        assert!(s.validate().unwrap_err().to_string().contains("mean has 2 values"));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mean has 2 values")
+        );
         s.mean = vec![0.5; 3];
         s.std = vec![0.0];
         assert!(s.validate().is_err());
@@ -488,8 +531,12 @@ mod tests {
         let s = Preprocess::keras(28, 28, ColorMode::Grayscale);
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Preprocess>(&json).unwrap(), s);
-        let y: Preprocess = serde_yaml::from_str("height: 8\nwidth: 9\nfilter: bilinear\n").unwrap();
-        assert_eq!((y.height, y.width, y.filter, y.color), (8, 9, ResizeFilter::Bilinear, ColorMode::Rgb));
+        let y: Preprocess =
+            serde_yaml::from_str("height: 8\nwidth: 9\nfilter: bilinear\n").unwrap();
+        assert_eq!(
+            (y.height, y.width, y.filter, y.color),
+            (8, 9, ResizeFilter::Bilinear, ColorMode::Rgb)
+        );
         assert!(serde_yaml::from_str::<Preprocess>("height: 8\nwidht: 9\n").is_err());
     }
 }

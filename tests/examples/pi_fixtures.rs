@@ -57,7 +57,11 @@ fn write(dir: &Path) -> Result<(), String> {
     let cnn = dir.join("cnn.onnx");
     std::fs::write(&cnn, cnn_model()).map_err(|e| io(&cnn, e))?;
     let color = dir.join("color_nhwc.onnx");
-    let tiny = TinyModel { layout: Layout::Nhwc, softmax: false, ..Default::default() };
+    let tiny = TinyModel {
+        layout: Layout::Nhwc,
+        softmax: false,
+        ..Default::default()
+    };
     std::fs::write(&color, color_model(&tiny)).map_err(|e| io(&color, e))?;
 
     // The committed golden images: real encoder output from Pillow, odd formats included.
@@ -65,16 +69,28 @@ fn write(dir: &Path) -> Result<(), String> {
     let entries = std::fs::read_dir(&golden).map_err(|e| io(&golden, e))?;
     for entry in entries {
         let src = entry.map_err(|e| io(&golden, e))?.path();
-        let dst = images.join(format!("golden_{}", src.file_name().unwrap().to_string_lossy()));
+        let dst = images.join(format!(
+            "golden_{}",
+            src.file_name().unwrap().to_string_lossy()
+        ));
         std::fs::copy(&src, &dst).map_err(|e| io(&src, e))?;
     }
     // Generated scenes, one per codec, at sizes that make every resize path work.
-    for (i, ext) in ["png", "jpg", "bmp", "gif", "webp", "tiff"].iter().enumerate() {
+    for (i, ext) in ["png", "jpg", "bmp", "gif", "webp", "tiff"]
+        .iter()
+        .enumerate()
+    {
         let i = i as u32;
-        save(&scene(37 + 11 * i, 29 + 7 * i, i), &images.join(format!("scene_{i}.{ext}")));
+        save(
+            &scene(37 + 11 * i, 29 + 7 * i, i),
+            &images.join(format!("scene_{i}.{ext}")),
+        );
     }
     for (i, (name, rgb)) in COLORS.iter().enumerate() {
-        save(&color_image(40, 30, *rgb, i as u32), &images.join(format!("color_{name}.png")));
+        save(
+            &color_image(40, 30, *rgb, i as u32),
+            &images.join(format!("color_{name}.png")),
+        );
     }
     color_folders(&dir.join("folder"), 6);
     println!("wrote {}", dir.display());
@@ -89,17 +105,25 @@ fn scene(w: u32, h: u32, seed: u32) -> RgbImage {
         let stripe = ((x + y * (seed + 1)) / 3) % 2 == 0;
         let r = 255.0 * fx * (1.0 - 0.15 * seed as f32).max(0.2);
         let g = if disc { 230.0 } else { 255.0 * fy };
-        let b = if stripe { 200.0 } else { 40.0 + 30.0 * seed as f32 };
+        let b = if stripe {
+            200.0
+        } else {
+            40.0 + 30.0 * seed as f32
+        };
         Rgb([r as u8, g as u8, b.min(255.0) as u8])
     })
 }
 
 /// Deterministic weights in [-scale, scale] (a fixed LCG, so the file never changes).
 fn weights(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -116,8 +140,15 @@ fn cnn_model() -> Vec<u8> {
             &[cout, cin, 3, 3],
             &weights((cout * cin * 9) as usize, seed, 1.7 / fan_in.sqrt()),
         );
-        let b = g.weight(&format!("conv{seed}_b"), &[cout], &weights(cout as usize, seed + 100, 0.1));
-        let attrs = vec![("kernel_shape", Attr::Ints(vec![3, 3])), ("pads", Attr::Ints(vec![1, 1, 1, 1]))];
+        let b = g.weight(
+            &format!("conv{seed}_b"),
+            &[cout],
+            &weights(cout as usize, seed + 100, 0.1),
+        );
+        let attrs = vec![
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+        ];
         let y = g.node("Conv", &[x, &w, &b], attrs, None);
         g.node("Relu", &[&y], vec![], None)
     };
@@ -125,7 +156,10 @@ fn cnn_model() -> Vec<u8> {
     let x = g.node(
         "MaxPool",
         &[&x],
-        vec![("kernel_shape", Attr::Ints(vec![2, 2])), ("strides", Attr::Ints(vec![2, 2]))],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![2, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ],
         None,
     );
     let x = conv(&mut g, &x, 8, 16, 2);
@@ -134,7 +168,12 @@ fn cnn_model() -> Vec<u8> {
     let w = g.weight("fc_w", &[16, 3], &weights(48, 3, 1.5));
     let b = g.weight("fc_b", &[3], &[0.1, -0.2, 0.05]);
     let x = g.node("Gemm", &[&x, &w, &b], vec![], None);
-    g.node("Softmax", &[&x], vec![("axis", Attr::Int(1))], Some("probs"));
+    g.node(
+        "Softmax",
+        &[&x],
+        vec![("axis", Attr::Int(1))],
+        Some("probs"),
+    );
     g.output("probs", &[None, Some(3)]);
 
     let mut p = Preprocess::keras(s as u32, s as u32, ColorMode::Rgb);
@@ -161,7 +200,15 @@ fn compare(expected: &Path, actual: &Path, tol: f64) -> Result<(), String> {
         diffs.push(format!("{} documents vs {}", e.len(), a.len()));
     }
     for (i, (e, a)) in e.iter().zip(&a).enumerate() {
-        walk(&format!("#{i}"), e, a, tol, &mut diffs, &mut max_diff, &mut numbers);
+        walk(
+            &format!("#{i}"),
+            e,
+            a,
+            tol,
+            &mut diffs,
+            &mut max_diff,
+            &mut numbers,
+        );
     }
     if diffs.is_empty() {
         println!(
@@ -190,7 +237,9 @@ fn parse(path: &Path) -> Result<Vec<Value>, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -205,7 +254,10 @@ fn walk(
 ) {
     match (e, a) {
         (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
             let d = (x - y).abs();
             *numbers += 1;
             *max_diff = max_diff.max(d);
@@ -224,7 +276,9 @@ fn walk(
                     continue;
                 }
                 match (x.get(k), y.get(k)) {
-                    (Some(x), Some(y)) => walk(&format!("{at}.{k}"), x, y, tol, diffs, max_diff, numbers),
+                    (Some(x), Some(y)) => {
+                        walk(&format!("{at}.{k}"), x, y, tol, diffs, max_diff, numbers)
+                    }
                     _ => diffs.push(format!("{at}.{k}: present in only one")),
                 }
             }

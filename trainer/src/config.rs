@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: {message}")]
@@ -355,27 +358,42 @@ impl Config {
     /// happen in [`Config::resolve`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
         Self::parse(&text, &p)
     }
 
     /// Parses YAML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
         config.validate(origin)?;
         Ok(config)
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |message: String| Err(ConfigError::Invalid { path: origin.into(), message });
+        let bad = |message: String| {
+            Err(ConfigError::Invalid {
+                path: origin.into(),
+                message,
+            })
+        };
         let i = &self.input;
         if i.height == 0 || i.width == 0 {
-            return bad(format!("input: height and width must be positive, got {}x{}", i.height, i.width));
+            return bad(format!(
+                "input: height and width must be positive, got {}x{}",
+                i.height, i.width
+            ));
         }
         if i.channels != 1 && i.channels != 3 {
-            return bad(format!("input.channels must be 1 (grayscale) or 3 (rgb), got {}", i.channels));
+            return bad(format!(
+                "input.channels must be 1 (grayscale) or 3 (rgb), got {}",
+                i.channels
+            ));
         }
         if let Err(e) = self.preprocess().validate() {
             return bad(format!("preprocess: {e}"));
@@ -389,10 +407,16 @@ impl Config {
         }
         let Optimizer::Adam(a) = &t.optimizer;
         if !(a.learning_rate > 0.0 && a.learning_rate.is_finite()) {
-            return bad(format!("training.optimizer.adam.learning_rate must be positive, got {}", a.learning_rate));
+            return bad(format!(
+                "training.optimizer.adam.learning_rate must be positive, got {}",
+                a.learning_rate
+            ));
         }
         if !(0.0..1.0).contains(&a.beta_1) || !(0.0..1.0).contains(&a.beta_2) || a.epsilon <= 0.0 {
-            return bad("training.optimizer.adam: beta_1 and beta_2 must be in [0, 1), epsilon positive".into());
+            return bad(
+                "training.optimizer.adam: beta_1 and beta_2 must be in [0, 1), epsilon positive"
+                    .into(),
+            );
         }
         let aug = &t.augmentation;
         for (key, v, max) in [
@@ -402,18 +426,24 @@ impl Config {
             ("height_shift", aug.height_shift, 1.0),
         ] {
             if !(0.0..=max).contains(&v) {
-                return bad(format!("training.augmentation.{key} must be in [0, {max}], got {v}"));
+                return bad(format!(
+                    "training.augmentation.{key} must be in [0, {max}], got {v}"
+                ));
             }
         }
         if let Some([lo, hi]) = aug.brightness
             && !(lo > 0.0 && lo <= hi)
         {
-            return bad(format!("training.augmentation.brightness must be [min, max] with 0 < min <= max, got [{lo}, {hi}]"));
+            return bad(format!(
+                "training.augmentation.brightness must be [min, max] with 0 < min <= max, got [{lo}, {hi}]"
+            ));
         }
         if let Some(es) = &t.early_stopping
             && (es.patience == 0 || es.min_delta < 0.0)
         {
-            return bad("training.early_stopping: patience must be at least 1 and min_delta >= 0".into());
+            return bad(
+                "training.early_stopping: patience must be at least 1 and min_delta >= 0".into(),
+            );
         }
         if self.layers.is_empty() {
             return bad("layers: the list is empty".into());
@@ -423,7 +453,11 @@ impl Config {
 
     /// The preprocessing contract this config trains with (NCHW, as burn).
     pub fn preprocess(&self) -> Preprocess {
-        let color = if self.input.channels == 1 { ColorMode::Grayscale } else { ColorMode::Rgb };
+        let color = if self.input.channels == 1 {
+            ColorMode::Grayscale
+        } else {
+            ColorMode::Rgb
+        };
         let mut p = Preprocess::keras(self.input.height as u32, self.input.width as u32, color);
         let c = &self.preprocess;
         p.resize = c.resize;
@@ -454,18 +488,26 @@ impl Config {
                     if c.activation == Activation::Softmax {
                         return Err(err("softmax is only allowed on the last dense layer".into()));
                     }
-                    let (oh, pt, pb) = window(h, c.kernel, c.stride, c.padding).map_err(|m| err(format!("height {m}")))?;
-                    let (ow, pl, pr) = window(w, c.kernel, c.stride, c.padding).map_err(|m| err(format!("width {m}")))?;
+                    let (oh, pt, pb) = window(h, c.kernel, c.stride, c.padding)
+                        .map_err(|m| err(format!("height {m}")))?;
+                    let (ow, pl, pr) = window(w, c.kernel, c.stride, c.padding)
+                        .map_err(|m| err(format!("width {m}")))?;
                     let params = c.filters * ch * c.kernel * c.kernel + c.filters;
-                    (Shape::Map([c.filters, oh, ow]), params, Some([pt, pl, pb, pr]))
+                    (
+                        Shape::Map([c.filters, oh, ow]),
+                        params,
+                        Some([pt, pl, pb, pr]),
+                    )
                 }
                 (LayerSpec::Maxpool2d(p) | LayerSpec::Avgpool2d(p), Shape::Map([ch, h, w])) => {
                     let stride = p.stride.unwrap_or(p.size);
                     if p.size == 0 || stride == 0 {
                         return Err(err("size and stride must be positive".into()));
                     }
-                    let (oh, pt, pb) = window(h, p.size, stride, p.padding).map_err(|m| err(format!("height {m}")))?;
-                    let (ow, pl, pr) = window(w, p.size, stride, p.padding).map_err(|m| err(format!("width {m}")))?;
+                    let (oh, pt, pb) = window(h, p.size, stride, p.padding)
+                        .map_err(|m| err(format!("height {m}")))?;
+                    let (ow, pl, pr) = window(w, p.size, stride, p.padding)
+                        .map_err(|m| err(format!("width {m}")))?;
                     (Shape::Map([ch, oh, ow]), 0, Some([pt, pl, pb, pr]))
                 }
                 (LayerSpec::Batchnorm(b), s) => {
@@ -496,7 +538,12 @@ impl Config {
                         (Some(0), _) => return Err(err("units must be positive".into())),
                         (Some(u), _) => u,
                         (None, true) => num_classes,
-                        (None, false) => return Err(err("units is required (only the last dense layer may leave it out)".into())),
+                        (None, false) => {
+                            return Err(err(
+                                "units is required (only the last dense layer may leave it out)"
+                                    .into(),
+                            ));
+                        }
                     };
                     if d.activation == Activation::Softmax && index != last {
                         return Err(err("softmax is only allowed on the last dense layer".into()));
@@ -504,17 +551,29 @@ impl Config {
                     (Shape::Flat(units), n * units + units, None)
                 }
                 (LayerSpec::Dense(_), Shape::Map(_)) => {
-                    return Err(err(format!("input is {shape}, a feature map: add flatten or global_average_pool first")));
+                    return Err(err(format!(
+                        "input is {shape}, a feature map: add flatten or global_average_pool first"
+                    )));
                 }
                 (_, Shape::Flat(_)) => {
-                    return Err(err(format!("needs a feature map but gets a flat vector of {shape}")));
+                    return Err(err(format!(
+                        "needs a feature map but gets a flat vector of {shape}"
+                    )));
                 }
             };
-            layers.push(PlannedLayer { index, spec: spec.clone(), input: shape, output, params, pads });
+            layers.push(PlannedLayer {
+                index,
+                spec: spec.clone(),
+                input: shape,
+                output,
+                params,
+                pads,
+            });
             shape = output;
         }
         match self.layers.last() {
-            Some(LayerSpec::Dense(d)) if matches!(d.activation, Activation::Softmax | Activation::None) => {}
+            Some(LayerSpec::Dense(d))
+                if matches!(d.activation, Activation::Softmax | Activation::None) => {}
             _ => {
                 return Err(format!(
                     "layers[{last}]: the last layer must be dense with activation softmax (or none), \
@@ -522,7 +581,11 @@ impl Config {
                 ));
             }
         }
-        Ok(Plan { input, layers, num_classes })
+        Ok(Plan {
+            input,
+            layers,
+            num_classes,
+        })
     }
 }
 
@@ -543,11 +606,18 @@ impl LayerSpec {
 }
 
 /// Output size and (begin, end) padding of a sliding window, TensorFlow rules.
-fn window(size: usize, k: usize, stride: usize, padding: Padding) -> Result<(usize, usize, usize), String> {
+fn window(
+    size: usize,
+    k: usize,
+    stride: usize,
+    padding: Padding,
+) -> Result<(usize, usize, usize), String> {
     match padding {
         Padding::Valid => {
             if size < k {
-                return Err(format!("{size} is smaller than the window {k}: the output would be empty"));
+                return Err(format!(
+                    "{size} is smaller than the window {k}: the output would be empty"
+                ));
             }
             Ok(((size - k) / stride + 1, 0, 0))
         }
@@ -581,15 +651,33 @@ layers:
         let c = Config::parse(MODEL_3, "m3").unwrap();
         let plan = c.resolve(2).unwrap();
         let shapes: Vec<String> = plan.layers.iter().map(|l| l.output.to_string()).collect();
-        assert_eq!(shapes, ["222x222x32", "111x111x32", "109x109x32", "55x55x32", "96800", "128", "2"]);
+        assert_eq!(
+            shapes,
+            [
+                "222x222x32",
+                "111x111x32",
+                "109x109x32",
+                "55x55x32",
+                "96800",
+                "128",
+                "2"
+            ]
+        );
         // Keras model.summary() for model_3 at 224x224x3, 2 classes: 12,400,930 params.
         assert_eq!(plan.total_params(), 896 + 9248 + 96800 * 128 + 128 + 258);
-        assert_eq!(plan.layers[3].pads, Some([0, 0, 1, 1]), "109 -> 55 pads at the end");
+        assert_eq!(
+            plan.layers[3].pads,
+            Some([0, 0, 1, 1]),
+            "109 -> 55 pads at the end"
+        );
         assert_eq!(c.training.batch_size, 64);
         assert_eq!(c.training.epochs, 10);
         assert_eq!(c.training.seed, 42);
         let Optimizer::Adam(a) = &c.training.optimizer;
-        assert_eq!((a.learning_rate, a.beta_1, a.beta_2, a.epsilon), (1e-3, 0.9, 0.999, 1e-7));
+        assert_eq!(
+            (a.learning_rate, a.beta_1, a.beta_2, a.epsilon),
+            (1e-3, 0.9, 0.999, 1e-7)
+        );
     }
 
     #[test]
@@ -597,7 +685,9 @@ layers:
         let typo = MODEL_3.replace("filters: 32, kernel", "fliters: 32, kernel");
         let e = Config::parse(&typo, "t.yaml").unwrap_err().to_string();
         assert!(e.contains("t.yaml") && e.contains("fliters"), "{e}");
-        let e = Config::parse(&MODEL_3.replace("channels: 3", "channels: 4"), "c.yaml").unwrap_err().to_string();
+        let e = Config::parse(&MODEL_3.replace("channels: 3", "channels: 4"), "c.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("input.channels"), "{e}");
         let neg = MODEL_3.replace("height: 224", "height: -224");
         assert!(Config::parse(&neg, "n.yaml").is_err());
@@ -610,11 +700,23 @@ layers:
     fn impossible_shapes_name_the_layer() {
         let tiny = MODEL_3.replace("height: 224, width: 224", "height: 4, width: 4");
         let e = Config::parse(&tiny, "s").unwrap().resolve(2).unwrap_err();
-        assert!(e.starts_with("layers[2] (conv2d): height 1 is smaller than the window 3"), "{e}");
+        assert!(
+            e.starts_with("layers[2] (conv2d): height 1 is smaller than the window 3"),
+            "{e}"
+        );
         let no_flatten = MODEL_3.replace("  - flatten\n", "");
-        let e = Config::parse(&no_flatten, "s").unwrap().resolve(2).unwrap_err();
-        assert!(e.contains("layers[4] (dense)") && e.contains("flatten"), "{e}");
-        let fixed = MODEL_3.replace("dense: {activation: softmax}", "dense: {units: 5, activation: softmax}");
+        let e = Config::parse(&no_flatten, "s")
+            .unwrap()
+            .resolve(2)
+            .unwrap_err();
+        assert!(
+            e.contains("layers[4] (dense)") && e.contains("flatten"),
+            "{e}"
+        );
+        let fixed = MODEL_3.replace(
+            "dense: {activation: softmax}",
+            "dense: {units: 5, activation: softmax}",
+        );
         let e = Config::parse(&fixed, "s").unwrap().resolve(2).unwrap_err();
         assert!(e.contains("units is 5 but the data has 2 classes"), "{e}");
     }

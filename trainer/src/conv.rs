@@ -84,7 +84,12 @@ pub fn conv2d(x: Tensor<4>, conv: &Conv2d, relu_after: bool) -> Tensor<4> {
 }
 
 /// `pool(relu(conv(x)))` when `relu_after`, else `pool(conv(x))`.
-pub fn conv2d_maxpool(x: Tensor<4>, conv: &Conv2d, relu_after: bool, pool: &MaxPool2d) -> Tensor<4> {
+pub fn conv2d_maxpool(
+    x: Tensor<4>,
+    conv: &Conv2d,
+    relu_after: bool,
+    pool: &MaxPool2d,
+) -> Tensor<4> {
     if let Some(y) = flex_op(&x, conv, relu_after, Some(pool)) {
         return y;
     }
@@ -92,9 +97,18 @@ pub fn conv2d_maxpool(x: Tensor<4>, conv: &Conv2d, relu_after: bool, pool: &MaxP
 }
 
 /// The flex path; `None` when the case is not covered here.
-fn flex_op(x: &Tensor<4>, conv: &Conv2d, relu_after: bool, pool: Option<&MaxPool2d>) -> Option<Tensor<4>> {
-    if std::env::var_os("FENNEC_BURN_CONV").is_some() { return None; }
-    if std::env::var_os("FENNEC_NO_POOL_FUSION").is_some() && pool.is_some() { return None; }
+fn flex_op(
+    x: &Tensor<4>,
+    conv: &Conv2d,
+    relu_after: bool,
+    pool: Option<&MaxPool2d>,
+) -> Option<Tensor<4>> {
+    if std::env::var_os("FENNEC_BURN_CONV").is_some() {
+        return None;
+    }
+    if std::env::var_os("FENNEC_NO_POOL_FUSION").is_some() && pool.is_some() {
+        return None;
+    }
     if conv.groups != 1 || conv.dilation != [1, 1] || x.dtype() != DType::F32 {
         return None;
     }
@@ -104,7 +118,12 @@ fn flex_op(x: &Tensor<4>, conv: &Conv2d, relu_after: bool, pool: Option<&MaxPool
     if wcin != cin || [kh, kw] != conv.kernel_size {
         return None;
     }
-    let g = Geometry::new([batch, cin, h, w], [cout, kh, kw], conv.stride, &conv.padding)?;
+    let g = Geometry::new(
+        [batch, cin, h, w],
+        [cout, kh, kw],
+        conv.stride,
+        &conv.padding,
+    )?;
     let pool = match pool {
         Some(p) => {
             if p.dilation != [1, 1] || p.ceil_mode || p.stride != p.kernel_size {
@@ -114,7 +133,11 @@ fn flex_op(x: &Tensor<4>, conv: &Conv2d, relu_after: bool, pool: Option<&MaxPool
         }
         None => None,
     };
-    let op = Op { g, pool, relu: relu_after };
+    let op = Op {
+        g,
+        pool,
+        relu: relu_after,
+    };
     let (weight, bias) = (conv.weight.val(), bias.val());
     if weight.dtype() != DType::F32 || bias.dtype() != DType::F32 {
         return None;
@@ -123,27 +146,47 @@ fn flex_op(x: &Tensor<4>, conv: &Conv2d, relu_after: bool, pool: Option<&MaxPool
         let xa = x.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
         let wa = weight.try_into_primitive::<Autodiff<Flex>>().ok()?;
         let ba = bias.try_into_primitive::<Autodiff<Flex>>().ok()?;
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(autodiff_op(xa, wa, ba, op)))
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(autodiff_op(
+            xa, wa, ba, op,
+        )))
     } else {
         let xp = contiguous(x.clone().try_into_primitive::<Flex>().ok()?);
         let wp = contiguous(weight.try_into_primitive::<Flex>().ok()?);
         let bp = contiguous(bias.try_into_primitive::<Flex>().ok()?);
         let y = forward(f32s(&xp), f32s(&wp), f32s(&bp), &op);
-        Some(Tensor::from_primitive::<Flex>(flex_tensor(y.out, op.out_shape())))
+        Some(Tensor::from_primitive::<Flex>(flex_tensor(
+            y.out,
+            op.out_shape(),
+        )))
     }
 }
 
 /// Records the operation as one autodiff node with [`OpBackward`] as its backward step.
-fn autodiff_op(x: AutodiffFlexTensor, w: AutodiffFlexTensor, b: AutodiffFlexTensor, op: Op) -> AutodiffFlexTensor {
+fn autodiff_op(
+    x: AutodiffFlexTensor,
+    w: AutodiffFlexTensor,
+    b: AutodiffFlexTensor,
+    op: Op,
+) -> AutodiffFlexTensor {
     let (xp, xg) = x.into_parts();
     let (wp, wg) = w.into_parts();
     let (bp, bg) = b.into_parts();
     let (xp, wp, bp) = (contiguous(xp), contiguous(wp), contiguous(bp));
     let y = forward(f32s(&xp), f32s(&wp), f32s(&bp), &op);
     let out = flex_tensor(y.out, op.out_shape());
-    match OpBackward.prepare::<NoCheckpointing>([xg, wg, bg]).compute_bound().stateful() {
+    match OpBackward
+        .prepare::<NoCheckpointing>([xg, wg, bg])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => {
-            let state = OpState { x: xp, w: wp, out: op.relu.then(|| out.clone()), argmax: Arc::new(y.argmax), op };
+            let state = OpState {
+                x: xp,
+                w: wp,
+                out: op.relu.then(|| out.clone()),
+                argmax: Arc::new(y.argmax),
+                op,
+            };
             prep.finish(state, out)
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
@@ -195,7 +238,11 @@ impl Backward<Flex, 3> for OpBackward {
 }
 
 fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
 }
 
 fn f32s(t: &FlexTensor) -> &[f32] {
@@ -207,7 +254,13 @@ fn flex_tensor<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> FlexTensor {
 }
 
 /// Padding `(begin, end)` of one dimension, as burn (and Keras) compute it.
-fn padding_1d(padding: &PaddingConfig2d, dim: usize, kernel: usize, stride: usize, size: usize) -> (usize, usize) {
+fn padding_1d(
+    padding: &PaddingConfig2d,
+    dim: usize,
+    kernel: usize,
+    stride: usize,
+    size: usize,
+) -> (usize, usize) {
     match *padding {
         PaddingConfig2d::Valid => (0, 0),
         PaddingConfig2d::Same => {
@@ -262,7 +315,21 @@ impl Geometry {
         }
         let ho = (h + pt + pb - kh) / sh + 1;
         let wo = (w + pl + pr - kw) / sw + 1;
-        Some(Geometry { batch, cin, h, w, cout, kh, kw, sh, sw, pad_top: pt, pad_left: pl, ho, wo })
+        Some(Geometry {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            sh,
+            sw,
+            pad_top: pt,
+            pad_left: pl,
+            ho,
+            wo,
+        })
     }
 
     /// Rows of the im2col matrix: `cin * kh * kw`.
@@ -278,11 +345,19 @@ impl Geometry {
     }
     /// A 1x1, stride-1, unpadded conv: the input planes are the im2col matrix.
     fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pad_top == 0 && self.pad_left == 0
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
     }
     /// Output rows per tile: about `TILE_ELEMS` im2col values, at least one row.
     fn tile_rows(&self) -> usize {
-        let te = std::env::var("FENNEC_TILE").ok().and_then(|v| v.parse().ok()).unwrap_or(TILE_ELEMS);
+        let te = std::env::var("FENNEC_TILE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TILE_ELEMS);
         (te / (self.k() * self.wo).max(1)).clamp(1, self.ho)
     }
 }
@@ -301,7 +376,11 @@ pub struct Pool {
 
 impl Pool {
     /// `None` when a window would hold padding only, or has more than 256 positions.
-    pub fn new([h, w]: [usize; 2], [kh, kw]: [usize; 2], padding: &PaddingConfig2d) -> Option<Pool> {
+    pub fn new(
+        [h, w]: [usize; 2],
+        [kh, kw]: [usize; 2],
+        padding: &PaddingConfig2d,
+    ) -> Option<Pool> {
         if kh == 0 || kw == 0 || kh * kw > 256 {
             return None;
         }
@@ -316,7 +395,14 @@ impl Pool {
         if (ho - 1) * kh >= h + pt || (wo - 1) * kw >= w + pl {
             return None;
         }
-        Some(Pool { kh, kw, pad_top: pt, pad_left: pl, ho, wo })
+        Some(Pool {
+            kh,
+            kw,
+            pad_top: pt,
+            pad_left: pl,
+            ho,
+            wo,
+        })
     }
 }
 
@@ -369,7 +455,12 @@ impl Op {
                 .step_by(rows)
                 .map(|y0| {
                     let y1 = (y0 + rows).min(g.ho);
-                    Tile { cy0: y0, cy1: y1, py0: y0, py1: y1 }
+                    Tile {
+                        cy0: y0,
+                        cy1: y1,
+                        py0: y0,
+                        py1: y1,
+                    }
                 })
                 .collect(),
             Some(p) => {
@@ -403,7 +494,10 @@ fn im2col(x: &[f32], g: &Geometry, y0: usize, y1: usize, cols: &mut [f32]) {
                 let row = &mut cols[((c * g.kh + i) * g.kw + j) * nt..][..nt];
                 // Output columns ox whose input column ox*sw + j - pad_left is inside.
                 let lo = g.pad_left.saturating_sub(j).div_ceil(g.sw).min(wo);
-                let hi = (w + g.pad_left).saturating_sub(j).div_ceil(g.sw).clamp(lo, wo);
+                let hi = (w + g.pad_left)
+                    .saturating_sub(j)
+                    .div_ceil(g.sw)
+                    .clamp(lo, wo);
                 for oy in y0..y1 {
                     let dst = &mut row[(oy - y0) * wo..][..wo];
                     let iy = (oy * g.sh + i).wrapping_sub(g.pad_top);
@@ -509,7 +603,13 @@ unsafe fn matmul(
 
 /// The im2col matrix of conv rows `y0..y1` of image `xb` as (pointer, row stride):
 /// the input itself for a pointwise conv, else built in `cols`.
-fn cols_of<'a>(xb: &'a [f32], g: &Geometry, y0: usize, y1: usize, cols: &'a mut Vec<f32>) -> (&'a [f32], usize) {
+fn cols_of<'a>(
+    xb: &'a [f32],
+    g: &Geometry,
+    y0: usize,
+    y1: usize,
+    cols: &'a mut Vec<f32>,
+) -> (&'a [f32], usize) {
     if g.pointwise() {
         (&xb[y0 * g.wo..], g.n())
     } else {
@@ -532,17 +632,33 @@ pub struct Forward {
 /// `cout x (cin*kh*kw)`, `b` is `cout`.
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], op: &Op) -> Forward {
     let g = &op.g;
-    assert_eq!((x.len(), w.len(), b.len()), (g.batch * g.in_len(), g.cout * g.k(), g.cout));
+    assert_eq!(
+        (x.len(), w.len(), b.len()),
+        (g.batch * g.in_len(), g.cout * g.k(), g.cout)
+    );
     let (k, n, out_len) = (g.k(), g.n(), op.out_len());
     let tiles = op.tiles();
     let mut out = vec![0f32; g.batch * out_len];
-    let mut argmax = vec![0u8; if op.pool.is_some() { g.batch * out_len } else { 0 }];
+    let mut argmax = vec![
+        0u8;
+        if op.pool.is_some() {
+            g.batch * out_len
+        } else {
+            0
+        }
+    ];
     let mut argmax_images: Vec<&mut [u8]> = if op.pool.is_some() {
         argmax.chunks_mut(out_len).collect()
     } else {
         (0..g.batch).map(|_| &mut [][..]).collect()
     };
-    let scratch = || (Vec::new(), Vec::new(), vec![0i32; op.pool.map_or(0, |p| p.wo)]);
+    let scratch = || {
+        (
+            Vec::new(),
+            Vec::new(),
+            vec![0i32; op.pool.map_or(0, |p| p.wo)],
+        )
+    };
     out.par_chunks_mut(out_len)
         .zip(argmax_images.par_iter_mut())
         .zip(x.par_chunks(g.in_len()))
@@ -561,7 +677,16 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], op: &Op) -> Forward {
                 // SAFETY: dst holds cout rows of dst_rs ≥ nt values (the last row
                 // exactly nt); w is cout x k; rhs holds k rows of rhs_rs ≥ nt values.
                 unsafe {
-                    matmul([g.cout, nt, k], dst.as_mut_ptr(), dst_rs, false, w.as_ptr(), [k, 1], rhs.as_ptr(), [rhs_rs, 1]);
+                    matmul(
+                        [g.cout, nt, k],
+                        dst.as_mut_ptr(),
+                        dst_rs,
+                        false,
+                        w.as_ptr(),
+                        [k, 1],
+                        rhs.as_ptr(),
+                        [rhs_rs, 1],
+                    );
                 }
                 match op.pool {
                     None => bias_act(dst, dst_rs, nt, b, op.relu),
@@ -690,13 +815,26 @@ pub fn backward(
 ) -> Grads {
     let g = &op.g;
     let (k, n, in_len, out_len) = (g.k(), g.n(), g.in_len(), op.out_len());
-    assert_eq!((x.len(), w.len(), dy.len()), (g.batch * in_len, g.cout * k, g.batch * out_len));
-    assert!(!op.relu || out.is_some_and(|o| o.len() == dy.len()), "a fused ReLU needs the output");
-    assert!(op.pool.is_none() || argmax.len() == dy.len(), "a fused pool needs the arg-max");
+    assert_eq!(
+        (x.len(), w.len(), dy.len()),
+        (g.batch * in_len, g.cout * k, g.batch * out_len)
+    );
+    assert!(
+        !op.relu || out.is_some_and(|o| o.len() == dy.len()),
+        "a fused ReLU needs the output"
+    );
+    assert!(
+        op.pool.is_none() || argmax.len() == dy.len(),
+        "a fused pool needs the arg-max"
+    );
     let tiles = op.tiles();
     let mut dw_parts = vec![0f32; g.batch * g.cout * k];
     let mut db_parts = vec![0f32; g.batch * g.cout];
-    let mut dx = if want_dx { vec![0f32; g.batch * in_len] } else { Vec::new() };
+    let mut dx = if want_dx {
+        vec![0f32; g.batch * in_len]
+    } else {
+        Vec::new()
+    };
     let mut dx_images: Vec<Option<&mut [f32]>> = if want_dx {
         dx.chunks_mut(in_len).map(Some).collect()
     } else {
@@ -708,7 +846,11 @@ pub fn backward(
         grad: Vec<f32>,
         dcols: Vec<f32>,
     }
-    let scratch = || Scratch { cols: Vec::new(), grad: Vec::new(), dcols: Vec::new() };
+    let scratch = || Scratch {
+        cols: Vec::new(),
+        grad: Vec::new(),
+        dcols: Vec::new(),
+    };
     dw_parts
         .par_chunks_mut(g.cout * k)
         .zip(db_parts.par_chunks_mut(g.cout))
@@ -732,7 +874,16 @@ pub fn backward(
                 // dW (cout x k) += grad (cout x nt) · colsᵀ (nt x k).
                 // SAFETY: sizes as documented on each buffer above.
                 unsafe {
-                    matmul([g.cout, k, nt], dw.as_mut_ptr(), k, ti > 0, s.grad.as_ptr(), [nt, 1], cols.as_ptr(), [1, cols_rs]);
+                    matmul(
+                        [g.cout, k, nt],
+                        dw.as_mut_ptr(),
+                        k,
+                        ti > 0,
+                        s.grad.as_ptr(),
+                        [nt, 1],
+                        cols.as_ptr(),
+                        [1, cols_rs],
+                    );
                 }
                 let Some(dx) = dx else { continue };
                 // dcols (k x nt) = Wᵀ (k x cout) · grad (cout x nt), then col2im.
@@ -740,13 +891,31 @@ pub fn backward(
                     // SAFETY: dx holds k (= cin) rows of n ≥ cy0*wo + nt values.
                     unsafe {
                         let dst = dx.as_mut_ptr().add(t.cy0 * g.wo);
-                        matmul([k, nt, g.cout], dst, n, false, w.as_ptr(), [1, k], s.grad.as_ptr(), [nt, 1]);
+                        matmul(
+                            [k, nt, g.cout],
+                            dst,
+                            n,
+                            false,
+                            w.as_ptr(),
+                            [1, k],
+                            s.grad.as_ptr(),
+                            [nt, 1],
+                        );
                     }
                 } else {
                     s.dcols.resize(k * nt, 0.0);
                     // SAFETY: dcols is k x nt.
                     unsafe {
-                        matmul([k, nt, g.cout], s.dcols.as_mut_ptr(), nt, false, w.as_ptr(), [1, k], s.grad.as_ptr(), [nt, 1]);
+                        matmul(
+                            [k, nt, g.cout],
+                            s.dcols.as_mut_ptr(),
+                            nt,
+                            false,
+                            w.as_ptr(),
+                            [1, k],
+                            s.grad.as_ptr(),
+                            [nt, 1],
+                        );
                     }
                     col2im_add(&s.dcols, g, t.cy0, t.cy1, dx);
                 }
@@ -763,7 +932,11 @@ pub fn backward(
         }
         total
     };
-    Grads { dx: want_dx.then_some(dx), dw: sum(&dw_parts, g.cout * k), db: sum(&db_parts, g.cout) }
+    Grads {
+        dx: want_dx.then_some(dx),
+        dw: sum(&dw_parts, g.cout * k),
+        db: sum(&db_parts, g.cout),
+    }
 }
 
 simd_fn! {
@@ -886,8 +1059,14 @@ mod tests {
         let b: Vec<f32> = b.clone().try_into_vec_as::<f32>().unwrap();
         assert_eq!(a.len(), b.len(), "{what}: sizes");
         let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(err <= 2e-5 * scale, "{what}: max error {err} (scale {scale})");
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            err <= 2e-5 * scale,
+            "{what}: max error {err} (scale {scale})"
+        );
     }
 
     struct Case {
@@ -910,8 +1089,16 @@ mod tests {
             .init(&device);
         // A non-zero bias, so that its gradient and the ReLU mask both matter.
         let bias = Tensor::random([c.cout], Distribution::Uniform(-0.5, 0.5), &device);
-        let conv = Conv2d { bias: Some(Param::from_tensor(bias)), ..conv };
-        let pool = c.pool.clone().map(|(k, pad)| MaxPool2dConfig::new(k).with_strides(k).with_padding(pad).init());
+        let conv = Conv2d {
+            bias: Some(Param::from_tensor(bias)),
+            ..conv
+        };
+        let pool = c.pool.clone().map(|(k, pad)| {
+            MaxPool2dConfig::new(k)
+                .with_strides(k)
+                .with_padding(pad)
+                .init()
+        });
         let what = format!(
             "{:?} -> {} k{:?} s{:?} {:?} relu={} pool={:?}",
             c.input, c.cout, c.kernel, c.stride, c.padding, c.relu, c.pool
@@ -947,24 +1134,51 @@ mod tests {
         let grads = (theirs.clone() * dy).sum().backward();
         assert_close(&ours, &theirs, &format!("{what}: forward"));
         assert_close(&dx, &x.grad(&grads).unwrap(), &format!("{what}: dx"));
-        assert_close(&dw, &conv.weight.grad(&grads).unwrap(), &format!("{what}: dw"));
-        assert_close(&db, &conv.bias.as_ref().unwrap().grad(&grads).unwrap(), &format!("{what}: db"));
+        assert_close(
+            &dw,
+            &conv.weight.grad(&grads).unwrap(),
+            &format!("{what}: dw"),
+        );
+        assert_close(
+            &db,
+            &conv.bias.as_ref().unwrap().grad(&grads).unwrap(),
+            &format!("{what}: db"),
+        );
 
         // Inference (no autodiff) takes the same kernels.
         let plain = conv.valid();
         let x = x0.inner();
-        assert_close(&ours_fn(x.clone(), &plain), &burn_fn(x, &plain), &format!("{what}: inference"));
+        assert_close(
+            &ours_fn(x.clone(), &plain),
+            &burn_fn(x, &plain),
+            &format!("{what}: inference"),
+        );
     }
 
     #[test]
     fn conv_matches_burn() {
         use PaddingConfig2d::{Explicit, Same, Valid};
-        let case = |input, cout, kernel, stride, padding, relu| Case { input, cout, kernel, stride, padding, relu, pool: None };
+        let case = |input, cout, kernel, stride, padding, relu| Case {
+            input,
+            cout,
+            kernel,
+            stride,
+            padding,
+            relu,
+            pool: None,
+        };
         check(case([2, 3, 9, 11], 4, [3, 3], [1, 1], Valid, true));
         check(case([3, 5, 8, 7], 6, [3, 3], [1, 1], Same, false));
         check(case([2, 4, 9, 9], 5, [3, 3], [2, 2], Same, true));
         check(case([2, 4, 10, 9], 3, [2, 2], [2, 2], Valid, false));
-        check(case([2, 3, 7, 8], 4, [5, 3], [2, 1], Explicit(2, 1, 0, 3), true));
+        check(case(
+            [2, 3, 7, 8],
+            4,
+            [5, 3],
+            [2, 1],
+            Explicit(2, 1, 0, 3),
+            true,
+        ));
         check(case([2, 6, 5, 5], 3, [1, 1], [1, 1], Valid, true));
         check(case([1, 2, 6, 6], 2, [4, 4], [1, 1], Same, false));
         // Tall enough for several row tiles per image.
@@ -974,7 +1188,15 @@ mod tests {
     #[test]
     fn conv_relu_maxpool_matches_burn() {
         use PaddingConfig2d::{Same, Valid};
-        let case = |input, kernel, padding, relu, pool| Case { input, cout: 4, kernel, stride: [1, 1], padding, relu, pool: Some(pool) };
+        let case = |input, kernel, padding, relu, pool| Case {
+            input,
+            cout: 4,
+            kernel,
+            stride: [1, 1],
+            padding,
+            relu,
+            pool: Some(pool),
+        };
         // model_3's pattern: valid 3x3 conv + relu, then pool 2 'same' on an odd (11 -> 6) and even map.
         check(case([2, 3, 13, 13], [3, 3], Valid, true, ([2, 2], Same)));
         check(case([2, 3, 12, 14], [3, 3], Valid, true, ([2, 2], Same)));
@@ -991,20 +1213,27 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(3);
         let conv = Conv2dConfig::new([3, 4], [3, 3]).init(&device);
-        let pool = MaxPool2dConfig::new([2, 2]).with_padding(PaddingConfig2d::Same).init();
+        let pool = MaxPool2dConfig::new([2, 2])
+            .with_padding(PaddingConfig2d::Same)
+            .init();
         let x = Tensor::<4>::random([4, 3, 12, 12], Distribution::Uniform(0.0, 1.0), &device);
         let run = || {
             let y = conv2d_maxpool(x.clone(), &conv, true, &pool);
             let grads = y.sum().backward();
             assert!(x.grad(&grads).is_none());
-            conv.weight.grad(&grads).unwrap().try_into_vec_as::<f32>().unwrap()
+            conv.weight
+                .grad(&grads)
+                .unwrap()
+                .try_into_vec_as::<f32>()
+                .unwrap()
         };
         assert_eq!(run(), run());
     }
 
     #[test]
     fn geometry_follows_keras_same_and_valid() {
-        let g = Geometry::new([1, 1, 109, 109], [1, 3, 3], [1, 1], &PaddingConfig2d::Valid).unwrap();
+        let g =
+            Geometry::new([1, 1, 109, 109], [1, 3, 3], [1, 1], &PaddingConfig2d::Valid).unwrap();
         assert_eq!((g.ho, g.wo), (107, 107));
         let g = Geometry::new([1, 1, 5, 5], [1, 3, 3], [1, 1], &PaddingConfig2d::Same).unwrap();
         assert_eq!((g.ho, g.wo, g.pad_top, g.pad_left), (5, 5, 1, 1));

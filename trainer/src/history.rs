@@ -83,6 +83,11 @@ mod tests {
         assert_eq!(read_history(dir.path()).unwrap(), h);
         let csv = std::fs::read_to_string(dir.path().join("history.csv")).unwrap();
         assert_eq!(csv.lines().next().unwrap(), CSV_HEADER);
-        assert!(csv.lines().nth(1).unwrap().starts_with("1,0.500000,0.750000,0.250000,0.875000,"));
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("1,0.500000,0.750000,0.250000,0.875000,")
+        );
     }
 }

@@ -3,17 +3,17 @@
 //!
 //! Reading order: [`config`] (the YAML and shape inference) → [`model`] (the burn
 //! network) → [`history`] (per-epoch records).
-pub mod config;
-pub mod model;
-pub mod conv;
-pub mod memory;
-pub mod history;
 pub mod augment;
-pub mod plot;
-pub mod split;
-pub mod preview;
-pub mod export;
 pub mod checkpoint;
+pub mod config;
+pub mod conv;
 pub mod data;
 pub mod device;
+pub mod export;
+pub mod history;
+pub mod memory;
+pub mod model;
+pub mod plot;
+pub mod preview;
+pub mod split;
 pub mod train;

@@ -14,7 +14,9 @@ pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before other threads start.
     unsafe {
-        if std::env::var_os("FENNEC_NO_MALLOPT").is_some() { return; }
+        if std::env::var_os("FENNEC_NO_MALLOPT").is_some() {
+            return;
+        }
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
     }

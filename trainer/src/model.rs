@@ -104,18 +104,22 @@ impl Net {
                             .init(device);
                         (Layer::BatchNorm(bn), Activation::None)
                     }
-                    (LayerSpec::Dropout(d), _) => {
-                        (Layer::Dropout(DropoutConfig::new(d.rate).init()), Activation::None)
-                    }
+                    (LayerSpec::Dropout(d), _) => (
+                        Layer::Dropout(DropoutConfig::new(d.rate).init()),
+                        Activation::None,
+                    ),
                     (LayerSpec::Flatten, _) => (Layer::Flatten(Flatten), Activation::None),
                     (LayerSpec::GlobalAveragePool, _) => (
                         Layer::GlobalAvgPool(AdaptiveAvgPool2dConfig::new([1, 1]).init()),
                         Activation::None,
                     ),
                     (LayerSpec::Dense(d), Shape::Flat(n)) => {
-                        let Shape::Flat(units) = l.output else { unreachable!("dense gives a vector") };
-                        let mut dense =
-                            LinearConfig::new(n, units).with_initializer(glorot.clone()).init(device);
+                        let Shape::Flat(units) = l.output else {
+                            unreachable!("dense gives a vector")
+                        };
+                        let mut dense = LinearConfig::new(n, units)
+                            .with_initializer(glorot.clone())
+                            .init(device);
                         dense.bias = Some(Initializer::Zeros.init([units], device));
                         (Layer::Dense(dense), d.activation)
                     }
@@ -135,11 +139,19 @@ impl Net {
             let block = &self.blocks[i];
             // A conv (ReLU or no activation) followed by a max-pool is one fused
             // operation: the full-resolution map in between is never stored.
-            if let (Layer::Conv(conv), Some(Block { layer: Layer::MaxPool(pool), .. }), Features::Map(_)) =
-                (&block.layer, self.blocks.get(i + 1), &x)
+            if let (
+                Layer::Conv(conv),
+                Some(Block {
+                    layer: Layer::MaxPool(pool),
+                    ..
+                }),
+                Features::Map(_),
+            ) = (&block.layer, self.blocks.get(i + 1), &x)
                 && matches!(block.activation, Activation::Relu | Activation::None)
             {
-                let Features::Map(t) = x else { unreachable!("matched above") };
+                let Features::Map(t) = x else {
+                    unreachable!("matched above")
+                };
                 let relu = block.activation == Activation::Relu;
                 x = Features::Map(crate::conv::conv2d_maxpool(t, conv, relu, pool));
                 i += 2;
@@ -227,7 +239,11 @@ layers:
         let plan = config.resolve(3).unwrap();
         let device = Device::flex();
         let net = Net::new(&plan, &device);
-        assert_eq!(net.num_params(), plan.total_params() + 2 * 4, "BN running stats counted by burn");
+        assert_eq!(
+            net.num_params(),
+            plan.total_params() + 2 * 4,
+            "BN running stats counted by burn"
+        );
         let x = Tensor::<4>::random([2, 3, 9, 9], Distribution::Uniform(0.0, 1.0), &device);
         let p = net.probabilities(x);
         assert_eq!(p.dims(), [2, 3]);
@@ -241,11 +257,19 @@ layers:
     fn glorot_weights_and_zero_biases() {
         let config = Config::parse(SMALL, "small").unwrap();
         let net = Net::new(&config.resolve(3).unwrap(), &Device::flex());
-        let Layer::Conv(conv) = &net.blocks[0].layer else { panic!() };
+        let Layer::Conv(conv) = &net.blocks[0].layer else {
+            panic!()
+        };
         let w: Vec<f32> = conv.weight.val().try_into_vec_as::<f32>().unwrap();
         let limit = (6.0f32 / (3.0 * 9.0 + 4.0 * 9.0)).sqrt();
         assert!(w.iter().all(|v| v.abs() <= limit) && w.iter().any(|v| v.abs() > limit / 4.0));
-        let b: Vec<f32> = conv.bias.as_ref().unwrap().val().try_into_vec_as::<f32>().unwrap();
+        let b: Vec<f32> = conv
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .try_into_vec_as::<f32>()
+            .unwrap();
         assert!(b.iter().all(|&v| v == 0.0));
     }
 }

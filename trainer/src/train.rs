@@ -682,12 +682,12 @@ impl Metrics {
         );
         for (row, &label) in logits.chunks_exact(k).zip(labels) {
             let label = label as usize;
-            let (argmax, max) = row
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv { (i, v) } else { (bi, bv) }
-                });
+            let (argmax, max) =
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv { (i, v) } else { (bi, bv) }
+                    });
             let max = max as f64;
             let sum: f64 = row.iter().map(|&z| (z as f64 - max).exp()).sum();
             self.loss_sum += max + sum.ln() - row[label] as f64;

@@ -106,12 +106,25 @@ impl Classifier {
         let gz = tract_nnef::nnef()
             .write_to_tar_with_config(&model, gz, false, true)
             .map_err(tract_err)?;
-        gz.finish().map_err(|e| Error::Tract { path: i.path.clone(), reason: e.to_string() })
+        gz.finish().map_err(|e| Error::Tract {
+            path: i.path.clone(),
+            reason: e.to_string(),
+        })
     }
 
-    pub(super) fn from_nnef(bytes: &[u8], path: &Path, options: &super::LoadOptions) -> Result<Classifier> {
-        let tract_err = |e: TractError| Error::Tract { path: path.into(), reason: chain(&e) };
-        let not_classifier = |reason: String| Error::NotAClassifier { path: path.into(), reason };
+    pub(super) fn from_nnef(
+        bytes: &[u8],
+        path: &Path,
+        options: &super::LoadOptions,
+    ) -> Result<Classifier> {
+        let tract_err = |e: TractError| Error::Tract {
+            path: path.into(),
+            reason: chain(&e),
+        };
+        let not_classifier = |reason: String| Error::NotAClassifier {
+            path: path.into(),
+            reason,
+        };
         let bad_property = |reason: String| Error::Metadata {
             path: path.into(),
             key: PROPERTY.into(),
@@ -119,17 +132,22 @@ impl Classifier {
         };
 
         let nnef = tract_nnef::nnef();
-        let proto = nnef.proto_model_for_read(&mut &bytes[..]).map_err(tract_err)?;
+        let proto = nnef
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(tract_err)?;
         let typed = nnef.model_for_proto_model(&proto).map_err(tract_err)?;
         let property = typed.properties.get(PROPERTY).ok_or_else(|| {
-            bad_property("missing: not written by `fennec convert` (convert the ONNX file with it)".into())
+            bad_property(
+                "missing: not written by `fennec convert` (convert the ONNX file with it)".into(),
+            )
         })?;
         let hex = property
             .try_as_plain_ram()
             .and_then(|v| v.to_scalar::<String>().cloned())
             .map_err(|e| bad_property(chain(&e)))?;
         let json = from_hex(&hex).ok_or_else(|| bad_property("not a hex string".into()))?;
-        let stored: Stored = serde_json::from_slice(&json).map_err(|e| bad_property(e.to_string()))?;
+        let stored: Stored =
+            serde_json::from_slice(&json).map_err(|e| bad_property(e.to_string()))?;
         if stored.format != FORMAT {
             return Err(bad_property(format!(
                 "format {} but this fennec reads format {FORMAT}: convert the model again",
@@ -149,14 +167,20 @@ impl Classifier {
             options.overrides.apply(&mut preprocess);
             preprocess_source = Source::User;
         }
-        preprocess.validate().map_err(|e| not_classifier(e.to_string()))?;
+        preprocess
+            .validate()
+            .map_err(|e| not_classifier(e.to_string()))?;
 
         // The input fact was fixed at conversion: the spec must make that tensor.
         let fact = typed.input_fact(0).map_err(tract_err)?.clone();
         let dims: Vec<TDim> = fact.shape.iter().cloned().collect();
         let want = preprocess.batch_shape(1);
         let same = dims.len() == want.len()
-            && dims.iter().zip(&want).skip(1).all(|(d, &w)| *d == TDim::from(w));
+            && dims
+                .iter()
+                .zip(&want)
+                .skip(1)
+                .all(|(d, &w)| *d == TDim::from(w));
         if !same || preprocess.layout != stored.layout {
             let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
             return Err(not_classifier(format!(
@@ -172,7 +196,11 @@ impl Classifier {
             _ => None,
         };
         let fixed_batch = dims[0].to_usize().ok();
-        let num_classes = if stored.raw_classes == 1 { 2 } else { stored.raw_classes };
+        let num_classes = if stored.raw_classes == 1 {
+            2
+        } else {
+            stored.raw_classes
+        };
         if labels.len() != num_classes {
             return Err(not_classifier(format!(
                 "{} labels ({labels_source:?}) but the model outputs {num_classes} classes",
@@ -220,7 +248,10 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

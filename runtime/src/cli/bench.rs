@@ -91,8 +91,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 times.push(ms(t.elapsed()));
             }
             times.sort_by(f64::total_cmp);
-            let profile =
-                if args.profile { Some(classifier.profile(&input, b, args.runs as usize)?) } else { None };
+            let profile = if args.profile {
+                Some(classifier.profile(&input, b, args.runs as usize)?)
+            } else {
+                None
+            };
             let mean = times.iter().sum::<f64>() / times.len() as f64;
             results.push(Measure {
                 threads,
@@ -131,7 +134,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         args.runs,
         args.warmup
     )?;
-    let mut t = Table::new(["threads", "batch", "plan ms", "min", "p50", "p90", "p99", "max", "mean", "img/s"]);
+    let mut t = Table::new([
+        "threads", "batch", "plan ms", "min", "p50", "p90", "p99", "max", "mean", "img/s",
+    ]);
     for r in &results {
         t.row([
             r.threads.to_string(),
@@ -147,15 +152,27 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         ]);
     }
     t.write(&mut out)?;
-    writeln!(out, "\n(latencies in ms per inference call of `batch` images)")?;
+    writeln!(
+        out,
+        "\n(latencies in ms per inference call of `batch` images)"
+    )?;
     for r in &results {
         let Some(nodes) = &r.profile else { continue };
         let total: f64 = nodes.iter().map(|n| n.ms).sum();
-        writeln!(out, "\nprofile, threads {} batch {}: {total:.3} ms in the nodes", r.threads, r.batch)?;
+        writeln!(
+            out,
+            "\nprofile, threads {} batch {}: {total:.3} ms in the nodes",
+            r.threads, r.batch
+        )?;
         let mut t = Table::new(["ms", "%", "op", "node"]);
         for n in nodes {
             let share = 100.0 * n.ms / total.max(1e-12);
-            t.row([format!("{:.3}", n.ms), format!("{share:.1}"), n.op.clone(), n.node.clone()]);
+            t.row([
+                format!("{:.3}", n.ms),
+                format!("{share:.1}"),
+                n.op.clone(),
+                n.node.clone(),
+            ]);
         }
         t.write(&mut out)?;
     }

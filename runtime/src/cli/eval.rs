@@ -74,7 +74,10 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let folders = scan_class_folders(&args.dir)?;
     let to_label = map_classes(&args.dir, &folders.classes, &classifier)?;
     if folders.files.is_empty() {
-        bail!("{}: no image files in the class folders", args.dir.display());
+        bail!(
+            "{}: no image files in the class folders",
+            args.dir.display()
+        );
     }
     let files: Vec<PathBuf> = folders.files.iter().map(|(p, _)| p.clone()).collect();
     let mut skipped = folders.skipped.clone();
@@ -90,18 +93,31 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             Ok(probs) => {
                 let predicted = eval.add(truth, &probs);
                 if predicted != truth {
-                    misses.push(Miss { file: files[ix].clone(), truth, predicted, confidence: probs[predicted] });
+                    misses.push(Miss {
+                        file: files[ix].clone(),
+                        truth,
+                        predicted,
+                        confidence: probs[predicted],
+                    });
                 }
             }
-            Err(e) => skipped.push(Skipped { path: files[ix].clone(), kind: e.kind().into(), reason: e.to_string() }),
+            Err(e) => skipped.push(Skipped {
+                path: files[ix].clone(),
+                kind: e.kind().into(),
+                reason: e.to_string(),
+            }),
         }
     })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     let summary = eval.summary();
     if summary.images == 0 {
-        bail!("{}: none of the {} images could be scored (first: {})", args.dir.display(), files.len(),
-            skipped.first().map_or("?".into(), |s| s.reason.clone()));
+        bail!(
+            "{}: none of the {} images could be scored (first: {})",
+            args.dir.display(),
+            files.len(),
+            skipped.first().map_or("?".into(), |s| s.reason.clone())
+        );
     }
     let report = Report {
         model: &classifier.info.path,
@@ -116,8 +132,10 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
 
     let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
     if let Some(path) = args.json.as_deref().filter(|_| !json_to_stdout) {
-        write_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(Into::into))
-            .with_context(|| format!("{}: cannot write JSON report", path.display()))?;
+        write_atomic(path, |w| {
+            serde_json::to_writer_pretty(&mut *w, &report).map_err(Into::into)
+        })
+        .with_context(|| format!("{}: cannot write JSON report", path.display()))?;
     }
     if let Some(path) = &args.csv {
         write_atomic(path, |w| write_class_csv(w, &summary))
@@ -141,8 +159,10 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
 /// the model has no labels, sorted folders map to outputs in order (Keras'
 /// `flow_from_directory` convention) if the counts agree.
 fn map_classes(dir: &Path, folders: &[String], c: &Classifier) -> Result<Vec<usize>> {
-    let by_name: Option<Vec<usize>> =
-        folders.iter().map(|f| c.labels.iter().position(|l| l == f)).collect();
+    let by_name: Option<Vec<usize>> = folders
+        .iter()
+        .map(|f| c.labels.iter().position(|l| l == f))
+        .collect();
     if let Some(m) = by_name {
         return Ok(m);
     }
@@ -155,8 +175,11 @@ fn map_classes(dir: &Path, folders: &[String], c: &Classifier) -> Result<Vec<usi
         );
         return Ok((0..folders.len()).collect());
     }
-    let unknown: Vec<&str> =
-        folders.iter().filter(|f| !c.labels.contains(f)).map(String::as_str).collect();
+    let unknown: Vec<&str> = folders
+        .iter()
+        .filter(|f| !c.labels.contains(f))
+        .map(String::as_str)
+        .collect();
     bail!(
         "{}: class folders [{}] do not match the model's labels [{}] (not a label: {}); \
          rename the folders or give --labels FILE",
@@ -179,13 +202,40 @@ fn write_tables(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
         r.seconds,
         r.images_per_second
     )?;
-    let mut t = Table::new(["class", "support", "correct", "accuracy", "precision", "recall", "f1"]);
+    let mut t = Table::new([
+        "class",
+        "support",
+        "correct",
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+    ]);
     for m in &s.per_class {
-        t.row([m.label.clone(), m.support.to_string(), m.correct.to_string(), f4(m.accuracy), f4(m.precision), f4(m.recall), f4(m.f1)]);
+        t.row([
+            m.label.clone(),
+            m.support.to_string(),
+            m.correct.to_string(),
+            f4(m.accuracy),
+            f4(m.precision),
+            f4(m.recall),
+            f4(m.f1),
+        ]);
     }
     t.row(["", "", "", "", "", "", ""]);
-    for (name, a) in [("macro avg", &s.macro_avg), ("weighted avg", &s.weighted_avg)] {
-        t.row([name.to_string(), s.images.to_string(), String::new(), String::new(), f4(a.precision), f4(a.recall), f4(a.f1)]);
+    for (name, a) in [
+        ("macro avg", &s.macro_avg),
+        ("weighted avg", &s.weighted_avg),
+    ] {
+        t.row([
+            name.to_string(),
+            s.images.to_string(),
+            String::new(),
+            String::new(),
+            f4(a.precision),
+            f4(a.recall),
+            f4(a.f1),
+        ]);
     }
     t.write(out)?;
     writeln!(
@@ -198,11 +248,19 @@ fn write_tables(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
         f4(s.top_k_accuracy)
     )?;
 
-    writeln!(out, "\nconfusion matrix (rows: true class, columns: predicted class index)")?;
+    writeln!(
+        out,
+        "\nconfusion matrix (rows: true class, columns: predicted class index)"
+    )?;
     let n = s.labels.len();
-    let mut cm = Table::new(std::iter::once("true \\ predicted".to_string()).chain((0..n).map(|i| i.to_string())));
+    let mut cm = Table::new(
+        std::iter::once("true \\ predicted".to_string()).chain((0..n).map(|i| i.to_string())),
+    );
     for (i, row) in s.confusion.iter().enumerate() {
-        cm.row(std::iter::once(format!("{i} {}", s.labels[i])).chain(row.iter().map(|v| v.to_string())));
+        cm.row(
+            std::iter::once(format!("{i} {}", s.labels[i]))
+                .chain(row.iter().map(|v| v.to_string())),
+        );
     }
     cm.write(out)?;
 
@@ -216,7 +274,10 @@ fn write_tables(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
 }
 
 fn write_class_csv(w: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
-    writeln!(w, "class,support,correct,predicted,accuracy,precision,recall,f1")?;
+    writeln!(
+        w,
+        "class,support,correct,predicted,accuracy,precision,recall,f1"
+    )?;
     for m in &s.per_class {
         writeln!(
             w,

@@ -35,25 +35,59 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
     }
     let source = |s| format!("{s:?}").to_lowercase();
     let mut t = Table::new(["field", "value"]).left_aligned();
-    t.row(["file".to_string(), format!("{} ({})", i.path.display(), human_bytes(i.file_size))]);
-    t.row(["producer".to_string(), format!("{} {}", i.producer, i.producer_version).trim().to_string()]);
-    t.row(["opset".to_string(), format!("{} (ir_version {})", i.opset, i.ir_version)]);
-    t.row(["input".to_string(), format!("{} [{}] {:?}", i.input_name, i.input_shape.join(", "), i.layout).to_string()]);
-    t.row(["output".to_string(), format!("{} [{}]: {}", i.output_name, i.output_shape.join(", "), i.output_kind.describe())]);
+    t.row([
+        "file".to_string(),
+        format!("{} ({})", i.path.display(), human_bytes(i.file_size)),
+    ]);
+    t.row([
+        "producer".to_string(),
+        format!("{} {}", i.producer, i.producer_version)
+            .trim()
+            .to_string(),
+    ]);
+    t.row([
+        "opset".to_string(),
+        format!("{} (ir_version {})", i.opset, i.ir_version),
+    ]);
+    t.row([
+        "input".to_string(),
+        format!(
+            "{} [{}] {:?}",
+            i.input_name,
+            i.input_shape.join(", "),
+            i.layout
+        )
+        .to_string(),
+    ]);
+    t.row([
+        "output".to_string(),
+        format!(
+            "{} [{}]: {}",
+            i.output_name,
+            i.output_shape.join(", "),
+            i.output_kind.describe()
+        ),
+    ]);
     t.row([
         "batch".to_string(),
-        i.fixed_batch.map_or("dynamic".to_string(), |b| format!("fixed at {b}")),
+        i.fixed_batch
+            .map_or("dynamic".to_string(), |b| format!("fixed at {b}")),
     ]);
     t.row(["parameters".to_string(), group_digits(i.parameters)]);
     t.row([
         "FLOPs/image".to_string(),
-        i.flops_per_image.map_or("unknown".into(), |f| format!("{} ({:.3} GFLOP)", group_digits(f), f as f64 / 1e9)),
+        i.flops_per_image.map_or("unknown".into(), |f| {
+            format!("{} ({:.3} GFLOP)", group_digits(f), f as f64 / 1e9)
+        }),
     ]);
     t.row([
         format!("classes ({})", source(i.labels_source)),
         format!("{}: {}", c.labels.len(), c.labels.join(", ")),
     ]);
-    t.row([format!("preprocess ({})", source(i.preprocess_source)), c.preprocess.describe()]);
+    t.row([
+        format!("preprocess ({})", source(i.preprocess_source)),
+        c.preprocess.describe(),
+    ]);
     if let Some(name) = &i.metadata.model_name {
         t.row(["model name", name]);
     }
@@ -97,7 +131,11 @@ fn describe_training(tr: &serde_json::Value) -> String {
             parts.push(format!("images: {}", sizes.join(", ")));
         }
     }
-    if parts.is_empty() { tr.to_string() } else { parts.join(", ") }
+    if parts.is_empty() {
+        tr.to_string()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn human_bytes(n: u64) -> String {

@@ -29,7 +29,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// for any other ONNX classifier give --labels and, if needed, --preprocess or
 /// the preprocessing flags (--size, --filter, ...).
 #[derive(Debug, Parser)]
-#[command(name = "fennec", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "fennec",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,8 +123,9 @@ impl ModelArgs {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("{}: cannot read", p.display()))?;
-                let spec: Preprocess = serde_yaml::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: invalid preprocessing spec: {e}", p.display()))?;
+                let spec: Preprocess = serde_yaml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("{}: invalid preprocessing spec: {e}", p.display())
+                })?;
                 Some(spec)
             }
             None => None,
@@ -133,7 +139,14 @@ impl ModelArgs {
             mean: self.mean.clone(),
             std: self.std.clone(),
         };
-        Ok(Classifier::load(&self.model, &LoadOptions { labels, preprocess, overrides })?)
+        Ok(Classifier::load(
+            &self.model,
+            &LoadOptions {
+                labels,
+                preprocess,
+                overrides,
+            },
+        )?)
     }
 }
 
@@ -167,11 +180,17 @@ impl RunArgs {
     pub fn pipeline(&self) -> fennec_runtime::pipeline::PipelineOptions {
         let defaults = fennec_runtime::pipeline::PipelineOptions::default();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        fennec_runtime::classifier::set_inference_threads(self.threads.map_or(cpus, |n| n as usize));
+        fennec_runtime::classifier::set_inference_threads(
+            self.threads.map_or(cpus, |n| n as usize),
+        );
         fennec_runtime::pipeline::PipelineOptions {
             batch: self.batch as usize,
-            decode_threads: self.decode_threads.map_or(defaults.decode_threads, |n| n as usize),
-            limits: DecodeLimits { max_megapixels: self.max_megapixels },
+            decode_threads: self
+                .decode_threads
+                .map_or(defaults.decode_threads, |n| n as usize),
+            limits: DecodeLimits {
+                max_megapixels: self.max_megapixels,
+            },
         }
     }
 

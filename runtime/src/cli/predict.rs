@@ -50,11 +50,20 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     let labels = &classifier.labels;
 
     let mut out = std::io::stdout().lock();
-    let name_width = files.iter().map(|f| f.display().to_string().chars().count()).max().unwrap_or(4).clamp(4, 60);
+    let name_width = files
+        .iter()
+        .map(|f| f.display().to_string().chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
     if !args.json {
         let mut header = format!("{:<name_width$}", "file");
         for r in 1..=k {
-            let (l, p) = if k == 1 { ("class".into(), "prob".into()) } else { (format!("top-{r}"), format!("p{r}")) };
+            let (l, p) = if k == 1 {
+                ("class".into(), "prob".into())
+            } else {
+                (format!("top-{r}"), format!("p{r}"))
+            };
             header += &format!("  {l:<12}  {p:>6}");
         }
         writeln!(out, "{}", header.trim_end())?;
@@ -92,7 +101,11 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
                 if args.json {
                     json!({"file": file.display().to_string(), "error": e.to_string(), "kind": e.kind()}).to_string()
                 } else {
-                    format!("{:<name_width$}  error: {}", file.display().to_string(), e.kind())
+                    format!(
+                        "{:<name_width$}  error: {}",
+                        file.display().to_string(),
+                        e.kind()
+                    )
                 }
             }
         };
@@ -103,7 +116,14 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     io_result?;
     if scored == 0 {
-        anyhow::bail!("no image could be scored ({} given, all skipped)", files.len());
+        anyhow::bail!(
+            "no image could be scored ({} given, all skipped)",
+            files.len()
+        );
     }
-    Ok(if failed_explicit > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed_explicit > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -12,7 +12,11 @@ pub struct Table {
 
 impl Table {
     pub fn new<S: ToString>(header: impl IntoIterator<Item = S>) -> Self {
-        Table { header: header.into_iter().map(|s| s.to_string()).collect(), rows: vec![], left: false }
+        Table {
+            header: header.into_iter().map(|s| s.to_string()).collect(),
+            rows: vec![],
+            left: false,
+        }
     }
 
     /// Every column left-aligned: for text values (a field/value listing).
@@ -22,7 +26,8 @@ impl Table {
     }
 
     pub fn row<S: ToString>(&mut self, cells: impl IntoIterator<Item = S>) {
-        self.rows.push(cells.into_iter().map(|s| s.to_string()).collect());
+        self.rows
+            .push(cells.into_iter().map(|s| s.to_string()).collect());
     }
 
     pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
@@ -67,7 +72,10 @@ mod tests {
         t.row(["hippo", "120"]);
         let mut out = Vec::new();
         t.write(&mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "class    n\ncat      5\nhippo  120\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "class    n\ncat      5\nhippo  120\n"
+        );
     }
 
     #[test]

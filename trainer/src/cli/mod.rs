@@ -18,7 +18,12 @@ use clap::{Parser, Subcommand};
 /// Data layout, as Keras' flow_from_directory: DATA/train/<class>/*,
 /// DATA/validation/<class>/*, optionally DATA/test/<class>/*.
 #[derive(Debug, Parser)]
-#[command(name = "fennec-train", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "fennec-train",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

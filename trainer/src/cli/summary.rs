@@ -32,7 +32,11 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "Model: \"{}\"  (input {}, {} classes)", config.name, plan.input, plan.num_classes)?;
+    writeln!(
+        out,
+        "Model: \"{}\"  (input {}, {} classes)",
+        config.name, plan.input, plan.num_classes
+    )?;
     let rows: Vec<[String; 3]> = plan
         .layers
         .iter()
@@ -41,13 +45,31 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
                 Shape::Map([c, h, w]) => format!("(None, {h}, {w}, {c})"),
                 Shape::Flat(n) => format!("(None, {n})"),
             };
-            [format!("{} (layers[{}])", l.spec.kind(), l.index), shape, l.params.to_string()]
+            [
+                format!("{} (layers[{}])", l.spec.kind(), l.index),
+                shape,
+                l.params.to_string(),
+            ]
         })
         .collect();
-    let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max("Layer (type)".len());
-    let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max("Output Shape".len());
+    let w0 = rows
+        .iter()
+        .map(|r| r[0].len())
+        .max()
+        .unwrap_or(0)
+        .max("Layer (type)".len());
+    let w1 = rows
+        .iter()
+        .map(|r| r[1].len())
+        .max()
+        .unwrap_or(0)
+        .max("Output Shape".len());
     let rule = "=".repeat(w0 + w1 + 16);
-    writeln!(out, "{rule}\n{:<w0$}  {:<w1$}  {:>12}\n{rule}", "Layer (type)", "Output Shape", "Param #")?;
+    writeln!(
+        out,
+        "{rule}\n{:<w0$}  {:<w1$}  {:>12}\n{rule}",
+        "Layer (type)", "Output Shape", "Param #"
+    )?;
     for r in &rows {
         writeln!(out, "{:<w0$}  {:<w1$}  {:>12}", r[0], r[1], r[2])?;
     }
