@@ -5,13 +5,14 @@
 #
 #   scripts/demo.sh [RUN_DIR]        # default runs/demo (replaced if it exists)
 #
-# It builds with the dev profile, whose dependencies are optimised (Cargo.toml), so
-# `cargo test --workspace` and this script share one build.
+# It builds with the dev profile, whose dependencies are optimised (Cargo.toml), and
+# resolves features as `cargo test --workspace` does (`--workspace --tests`), so the
+# tests and this script share one build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/demo}
 
-cargo build --quiet --bins -p fennec-runtime -p fennec-train
+cargo build --quiet --workspace --bins --tests
 rm -rf "$run"
 "${CARGO_TARGET_DIR:-target}"/debug/fennec-train fit configs/fashion_model_3.yaml --data data/fashion-mini --out "$run"
 "${CARGO_TARGET_DIR:-target}"/debug/fennec eval "$run/model.onnx" data/fashion-mini/test

@@ -32,16 +32,10 @@ pub fn bin(name: &str) -> PathBuf {
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--bins",
-                "-p",
-                "fennec-runtime",
-                "-p",
-                "fennec-train",
-                "--profile",
-            ])
+            // `--workspace --tests` resolves features as `cargo test --workspace` does
+            // (dev-dependencies included), so the binaries reuse the test build's
+            // dependencies instead of building burn and tract a second time.
+            .args(["build", "--quiet", "--workspace", "--bins", "--tests", "--profile"])
             .arg(&profile)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()

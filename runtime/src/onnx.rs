@@ -59,19 +59,8 @@ impl GraphBuilder {
 
     /// Adds a float32 weight tensor; returns its name.
     pub fn weight(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
-        assert_eq!(
-            dims.iter().product::<i64>() as usize,
-            values.len(),
-            "{name}: dims vs values"
-        );
-        self.graph.initializer.push(pb::TensorProto {
-            name: name.into(),
-            dims: dims.to_vec(),
-            data_type: DataType::Float as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name.into()
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.float_initializer(name, dims, values.len(), DataType::Float, raw)
     }
 
     /// Adds a weight tensor stored as float16 (IEEE half, round-to-nearest-even) and
@@ -79,20 +68,33 @@ impl GraphBuilder {
     /// caller converts it back with a `Cast` node (`to` = [`FLOAT`]); tract and
     /// onnxruntime fold that cast into a float32 constant when they load the file.
     pub fn weight_f16(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
+        use tract_onnx::prelude::f16;
+        let raw = values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes())
+            .collect();
+        self.float_initializer(name, dims, values.len(), DataType::Float16, raw)
+    }
+
+    /// Adds `len` floating-point values, already encoded little-endian in `raw`.
+    fn float_initializer(
+        &mut self,
+        name: &str,
+        dims: &[i64],
+        len: usize,
+        data_type: DataType,
+        raw: Vec<u8>,
+    ) -> String {
         assert_eq!(
             dims.iter().product::<i64>() as usize,
-            values.len(),
+            len,
             "{name}: dims vs values"
         );
-        use tract_onnx::prelude::f16;
         self.graph.initializer.push(pb::TensorProto {
             name: name.into(),
             dims: dims.to_vec(),
-            data_type: DataType::Float16 as i32,
-            raw_data: values
-                .iter()
-                .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes())
-                .collect(),
+            data_type: data_type as i32,
+            raw_data: raw,
             ..Default::default()
         });
         name.into()
