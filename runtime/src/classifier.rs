@@ -467,18 +467,7 @@ impl Classifier {
             crate::fast_ops::rewrite(&mut model)?;
             model.into_optimized()?.into_runnable()
         };
-        let plan = match catch_unwind(AssertUnwindSafe(make)) {
-            Ok(r) => r.map_err(|e| Error::Tract {
-                path: path.clone(),
-                reason: chain(&e),
-            })?,
-            Err(p) => {
-                return Err(Error::Tract {
-                    path: path.clone(),
-                    reason: panic_message(p),
-                });
-            }
-        };
+        let plan = guard_tract(path, make)?;
         plans.insert(n, plan.clone());
         Ok(plan)
     }
@@ -520,18 +509,7 @@ impl Classifier {
             let out = out[0].cast_to::<f32>()?;
             Ok(out.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
         };
-        let raw = match catch_unwind(AssertUnwindSafe(run)) {
-            Ok(r) => r.map_err(|e| Error::Tract {
-                path: path.clone(),
-                reason: chain(&e),
-            })?,
-            Err(p) => {
-                return Err(Error::Tract {
-                    path: path.clone(),
-                    reason: panic_message(p),
-                });
-            }
-        };
+        let raw = guard_tract(path, run)?;
         Ok(raw
             .chunks_exact(self.raw_classes)
             .map(|row| self.to_probabilities(row))
@@ -617,17 +595,22 @@ impl Classifier {
             nodes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
             Ok(nodes)
         };
-        match catch_unwind(AssertUnwindSafe(profile)) {
-            Ok(r) => r.map_err(|e| Error::Tract {
-                path: path.clone(),
-                reason: chain(&e),
-            }),
-            Err(p) => Err(Error::Tract {
-                path: path.clone(),
-                reason: panic_message(p),
-            }),
-        }
+        guard_tract(path, profile)
     }
+}
+
+/// Runs tract work on the model at `path`: its errors and its panics (tract asserts
+/// on some malformed graphs) both become one [`Error::Tract`] naming the file.
+fn guard_tract<T>(path: &Path, work: impl FnOnce() -> TractResult<T>) -> Result<T> {
+    let reason = match catch_unwind(AssertUnwindSafe(work)) {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(e)) => chain(&e),
+        Err(panic) => panic_message(panic),
+    };
+    Err(Error::Tract {
+        path: path.into(),
+        reason,
+    })
 }
 
 /// Time spent in one node of a plan, from [`Classifier::profile`].

@@ -508,10 +508,12 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rnd(n: usize, seed: u64) -> Vec<f32> {
+    /// `n` deterministic pseudo-random values in [-0.5, 0.5) (xorshift), for the
+    /// kernel tests here and in `fast_ops`.
+    pub(crate) fn rnd(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {

@@ -454,17 +454,7 @@ mod tests {
     use tract_nnef::tract_core::tract_linalg::multithread::multithread_tract_scope;
     use tract_onnx::prelude::{Framework, InferenceModelExt};
 
-    fn rnd(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::conv_kernels::tests::rnd;
 
     struct Case {
         /// Input `[n, c, h, w]`.
