@@ -415,7 +415,6 @@ impl EvalOp for FusedConv {
                 _ => out_image.chunks_mut(chunk).enumerate().for_each(job),
             }
         }
-        drop(out_view);
         Ok(tvec!(output.into_tvalue()))
     }
 }

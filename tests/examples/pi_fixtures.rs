@@ -102,7 +102,7 @@ fn scene(w: u32, h: u32, seed: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
         let disc = ((fx - 0.5).powi(2) + (fy - 0.4).powi(2)) < 0.06 + 0.01 * seed as f32;
-        let stripe = ((x + y * (seed + 1)) / 3) % 2 == 0;
+        let stripe = ((x + y * (seed + 1)) / 3).is_multiple_of(2);
         let r = 255.0 * fx * (1.0 - 0.15 * seed as f32).max(0.2);
         let g = if disc { 230.0 } else { 255.0 * fy };
         let b = if stripe {
