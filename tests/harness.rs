@@ -35,7 +35,14 @@ pub fn bin(name: &str) -> PathBuf {
             // `--workspace --tests` resolves features as `cargo test --workspace` does
             // (dev-dependencies included), so the binaries reuse the test build's
             // dependencies instead of building burn and tract a second time.
-            .args(["build", "--quiet", "--workspace", "--bins", "--tests", "--profile"])
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--bins",
+                "--tests",
+                "--profile",
+            ])
             .arg(&profile)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
