@@ -393,6 +393,20 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         result_epoch: result_epoch(state),
         seconds: started.elapsed().as_secs_f64(),
     };
+    // Ctrl-C: the summary says where the run stopped (best effort: the checkpoints
+    // are intact either way).
+    let stop = |state: &TrainState, epoch: usize| {
+        let _ = checkpoint::write_json(
+            &run_dir.join(SUMMARY_FILE),
+            &summary(state, Outcome::Interrupted { epoch }),
+        );
+        interrupted(
+            epoch,
+            result_epoch(state),
+            started,
+            (state.epoch > 0).then_some(state.epoch),
+        )
+    };
     if state.stopped_early {
         return Ok(finish(&state, 0));
     }
@@ -436,16 +450,7 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         let mut metrics = Metrics::new(classes.len());
         for batch in stream {
             if opts.stop.load(Ordering::Relaxed) {
-                let _ = checkpoint::write_json(
-                    &run_dir.join(SUMMARY_FILE),
-                    &summary(&state, Outcome::Interrupted { epoch }),
-                );
-                return Ok(interrupted(
-                    epoch,
-                    result_epoch(&state),
-                    started,
-                    (state.epoch > 0).then_some(state.epoch),
-                ));
+                return Ok(stop(&state, epoch));
             }
             let batch = batch?;
             let n = batch.len;
@@ -486,16 +491,7 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
             obs,
         )?
         else {
-            let _ = checkpoint::write_json(
-                &run_dir.join(SUMMARY_FILE),
-                &summary(&state, Outcome::Interrupted { epoch }),
-            );
-            return Ok(interrupted(
-                epoch,
-                result_epoch(&state),
-                started,
-                (state.epoch > 0).then_some(state.epoch),
-            ));
+            return Ok(stop(&state, epoch));
         };
         let record = EpochRecord {
             epoch,
