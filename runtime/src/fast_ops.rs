@@ -13,6 +13,9 @@
 //! The numbers are the same as tract's up to float rounding (sums in a different
 //! order); ReLU and max are exact. Inference threads (`--threads`) split the
 //! output channels between tract's executor threads.
+//!
+//! [`dense`] does the same for batch-1 dense layers, whose time is the reading
+//! of their weights, so that every thread reads a share of them.
 
 use std::sync::Arc;
 
@@ -26,10 +29,17 @@ use tract_nnef::tract_core::tract_linalg::multithread::{Executor, current_tract_
 
 use crate::conv_kernels::{OCB, PackedConv};
 
+pub mod dense;
+
 /// Replaces every convolution (+ ReLU)(+ max pool) chain the kernels handle by a
-/// [`FusedConv`]; returns how many were replaced. Needs concrete channel and
-/// spatial sizes (the batch may stay symbolic).
+/// [`FusedConv`], and every batch-1 dense layer by a [`dense::FusedDense`]; returns
+/// how many nodes were put in. Needs concrete channel and spatial sizes (the batch
+/// may stay symbolic).
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
+    Ok(rewrite_convs(model)? + dense::rewrite(model)?)
+}
+
+fn rewrite_convs(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let Some(plan) = plan_fusion(model, id)? else {
@@ -446,7 +456,7 @@ impl TypedOp for FusedConv {
 
 // The tests build their models as ONNX files.
 #[cfg(all(test, feature = "onnx"))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metadata::ModelMetadata;
     use crate::onnx::{Attr, GraphBuilder};
@@ -501,15 +511,22 @@ mod tests {
         g.finish(&ModelMetadata::default())
     }
 
-    /// Runs the model with tract alone and with the rewrite; returns both outputs
-    /// and how many nodes the rewrite replaced.
     fn run_both(case: &Case, seed: u64, threads: usize) -> (Vec<f32>, Vec<f32>, usize) {
-        let bytes = model(case, seed);
+        run_onnx_both(&model(case, seed), &case.input, seed, threads)
+    }
+
+    /// Runs an ONNX model on a random `input` with tract alone and with the
+    /// rewrite; returns both outputs and how many nodes the rewrite put in.
+    pub(super) fn run_onnx_both(
+        bytes: &[u8],
+        input: &[usize],
+        seed: u64,
+        threads: usize,
+    ) -> (Vec<f32>, Vec<f32>, usize) {
         let mut m = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
-        m.set_input_fact(0, f32::fact(case.input).into()).unwrap();
+        m.set_input_fact(0, f32::fact(input).into()).unwrap();
         let typed = m.into_typed().unwrap().into_decluttered().unwrap();
-        let x =
-            Tensor::from_shape(&case.input, &rnd(case.input.iter().product(), seed + 2)).unwrap();
+        let x = Tensor::from_shape(input, &rnd(input.iter().product(), seed + 2)).unwrap();
         let run = |model: TypedModel| -> Vec<f32> {
             let plan = model.into_optimized().unwrap().into_runnable().unwrap();
             let exec = if threads > 1 {

@@ -8,7 +8,8 @@
 //! - [`metadata`]: the keys a fennec ONNX file carries (labels, preprocessing).
 //! - [`classifier`]: load an ONNX model with tract, run batches, get probabilities.
 //! - [`fast_ops`], [`conv_kernels`]: fennec's own convolution + ReLU + max-pool
-//!   kernels, swapped into tract's graph where they apply (see bench/README.md).
+//!   kernels and batch-1 dense layer, swapped into tract's graph where they apply
+//!   (see bench/README.md).
 //! - [`folder`]: `<root>/<class>/<images>` folders and command-line file lists.
 //! - [`pipeline`]: parallel decoding overlapped with batched inference.
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
