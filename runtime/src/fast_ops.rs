@@ -36,21 +36,35 @@ pub mod dense;
 /// how many nodes were put in. Needs concrete channel and spatial sizes (the batch
 /// may stay symbolic).
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    Ok(rewrite_convs(model)? + dense::rewrite(model)?)
+    Ok(fuse(model, "fennec-fused-conv", plan_fusion)?
+        + fuse(model, "fennec-fused-dense", dense::plan_fusion)?)
 }
 
-fn rewrite_convs(model: &mut TypedModel) -> TractResult<usize> {
+/// A run of nodes to replace by one op reading the first node's first input.
+struct Fusion<O> {
+    op: O,
+    /// The replaced nodes, in order; the last one's output becomes the op's.
+    nodes: Vec<usize>,
+}
+
+/// Applies `plan` to every node in evaluation order and puts in each fusion it
+/// returns; returns how many.
+fn fuse<O: TypedOp>(
+    model: &mut TypedModel,
+    patch_name: &str,
+    plan: impl Fn(&TypedModel, usize) -> TractResult<Option<Fusion<O>>>,
+) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
-        let Some(plan) = plan_fusion(model, id)? else {
+        let Some(fusion) = plan(model, id)? else {
             continue;
         };
-        let mut patch = TypedModelPatch::new("fennec-fused-conv");
+        let mut patch = TypedModelPatch::new(patch_name);
         let x = patch.tap_model(model, model.node(id).inputs[0])?;
         let name = model.node(id).name.clone();
-        let wire = patch.wire_node(name, plan.op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(*plan.nodes.last().unwrap(), 0), wire)?;
-        for n in &plan.nodes {
+        let wire = patch.wire_node(name, fusion.op, &[x])?[0];
+        patch.shunt_outside(model, OutletId::new(*fusion.nodes.last().unwrap(), 0), wire)?;
+        for n in &fusion.nodes {
             patch.obliterate(*n)?;
         }
         patch.apply(model)?;
@@ -62,14 +76,16 @@ fn rewrite_convs(model: &mut TypedModel) -> TractResult<usize> {
     Ok(replaced)
 }
 
-struct Fusion {
-    op: FusedConv,
-    /// The replaced nodes, in order: conv, then the ReLU and pool if fused.
-    nodes: Vec<usize>,
+/// The thread pool of tract's current executor when it has one (`--threads` > 1).
+fn inference_pool() -> Option<Arc<rayon::ThreadPool>> {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => Some(pool),
+        _ => None,
+    }
 }
 
 /// Whether node `id` starts a chain [`FusedConv`] can run, and what it becomes.
-fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<Fusion>> {
+fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<Fusion<FusedConv>>> {
     let node = model.node(id);
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
@@ -398,10 +414,7 @@ impl EvalOp for FusedConv {
 
         // Output channel blocks are split between the executor's threads; each
         // part writes its own run of channel planes.
-        let threads = match current_tract_executor() {
-            Executor::MultiThread(pool) => Some(pool),
-            _ => None,
-        };
+        let threads = inference_pool();
         let parts = threads
             .as_ref()
             .map_or(1, |p| p.current_num_threads())

@@ -20,9 +20,8 @@ use tract_nnef::tract_core::internal::*;
 use tract_nnef::tract_core::ops::binary::TypedBinOp;
 use tract_nnef::tract_core::ops::einsum::EinSum;
 use tract_nnef::tract_core::ops::math::Add;
-use tract_nnef::tract_core::tract_linalg::multithread::{Executor, current_tract_executor};
 
-use super::{is_relu, sole_successor};
+use super::{Fusion, inference_pool, is_relu, sole_successor};
 
 /// Weight rows computed together: each load of the input vector serves this many rows.
 const ROWS: usize = 4;
@@ -32,34 +31,12 @@ const LANES: usize = 16;
 /// than the rows it would take.
 const MIN_PARALLEL_WEIGHTS: usize = 1 << 16;
 
-/// Replaces every batch-1 dense layer (+ bias)(+ ReLU) with constant f32 weights
-/// by a [`FusedDense`]; returns how many were replaced.
-pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let Some((op, nodes)) = plan_fusion(model, id)? else {
-            continue;
-        };
-        let mut patch = TypedModelPatch::new("fennec-fused-dense");
-        let x = patch.tap_model(model, model.node(id).inputs[0])?;
-        let name = model.node(id).name.clone();
-        let wire = patch.wire_node(name, op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(*nodes.last().unwrap(), 0), wire)?;
-        for n in &nodes {
-            patch.obliterate(*n)?;
-        }
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    if replaced > 0 {
-        model.compact()?;
-    }
-    Ok(replaced)
-}
-
 /// Whether node `id` is a batch-1 matrix-vector product [`FusedDense`] runs, and
 /// the op with the nodes it replaces (the product, then the bias add and ReLU if fused).
-fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<(FusedDense, Vec<usize>)>> {
+pub(super) fn plan_fusion(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<Fusion<FusedDense>>> {
     let node = model.node(id);
     let Some(einsum) = node.op_as::<EinSum>() else {
         return Ok(None);
@@ -147,7 +124,7 @@ fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<(FusedDense,
         relu,
         output_shape,
     };
-    Ok(Some((op, nodes)))
+    Ok(Some(Fusion { op, nodes }))
 }
 
 /// The bias when `node` adds a constant with one value per unit to `x`, in the
@@ -320,12 +297,7 @@ impl EvalOp for FusedDense {
         {
             let mut view = output.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
-            let pool = match current_tract_executor() {
-                Executor::MultiThread(pool) if self.weights.len() >= MIN_PARALLEL_WEIGHTS => {
-                    Some(pool)
-                }
-                _ => None,
-            };
+            let pool = inference_pool().filter(|_| self.weights.len() >= MIN_PARALLEL_WEIGHTS);
             match pool {
                 Some(pool) => {
                     // Whole blocks of ROWS per part, one part per thread.
