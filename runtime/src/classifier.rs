@@ -382,7 +382,7 @@ impl Classifier {
             )));
         }
         let output_kind = output_kind(graph, &output.name, raw_classes);
-        let num_classes = if raw_classes == 1 { 2 } else { raw_classes };
+        let num_classes = class_count(raw_classes);
 
         let (labels, labels_source) = match (&options.labels, &metadata.labels) {
             (Some(l), _) => (l.clone(), Source::User),
@@ -392,12 +392,7 @@ impl Classifier {
                 Source::Default,
             ),
         };
-        if labels.len() != num_classes {
-            return Err(not_classifier(format!(
-                "{} labels ({labels_source:?}) but the model outputs {num_classes} classes",
-                labels.len()
-            )));
-        }
+        check_labels(&labels, labels_source, num_classes).map_err(not_classifier)?;
 
         let info = ModelInfo {
             path: path.into(),
@@ -430,6 +425,25 @@ impl Classifier {
             preprocess_source,
             metadata,
         };
+        Ok(Classifier::assemble(
+            info,
+            labels,
+            preprocess,
+            typed,
+            batch_symbol,
+            raw_classes,
+        ))
+    }
+
+    /// The classifier of a loaded model (ONNX or NNEF), with its FLOPs counted.
+    fn assemble(
+        info: ModelInfo,
+        labels: Vec<String>,
+        preprocess: Preprocess,
+        typed: TypedModel,
+        batch_symbol: Option<Symbol>,
+        raw_classes: usize,
+    ) -> Classifier {
         let mut classifier = Classifier {
             info,
             labels,
@@ -440,7 +454,7 @@ impl Classifier {
             plans: Mutex::new(HashMap::new()),
         };
         classifier.info.flops_per_image = classifier.flops_per_image();
-        Ok(classifier)
+        classifier
     }
 
     /// Batch sizes this model accepts: `None` = any.
@@ -743,6 +757,26 @@ pub fn set_inference_threads(n: usize) {
     }
     let _ = n;
     set_default_executor(Executor::SingleThread);
+}
+
+/// The classes a `[batch, raw_classes]` output stands for: one sigmoid unit is two.
+fn class_count(raw_classes: usize) -> usize {
+    if raw_classes == 1 { 2 } else { raw_classes }
+}
+
+/// Whether there is one label per class; the reason when not.
+fn check_labels(
+    labels: &[String],
+    source: Source,
+    num_classes: usize,
+) -> std::result::Result<(), String> {
+    if labels.len() == num_classes {
+        return Ok(());
+    }
+    Err(format!(
+        "{} labels ({source:?}) but the model outputs {num_classes} classes",
+        labels.len()
+    ))
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tract_nnef::prelude::*;
 use tract_nnef::tract_core::internal::DimLike;
 
-use super::{Classifier, ModelInfo, OutputKind, Source};
+use super::{Classifier, ModelInfo, OutputKind, Source, check_labels, class_count};
 use crate::error::{Error, Result, chain};
 use crate::metadata::ModelMetadata;
 use crate::preprocess::{Layout, Preprocess};
@@ -196,17 +196,8 @@ impl Classifier {
             _ => None,
         };
         let fixed_batch = dims[0].to_usize().ok();
-        let num_classes = if stored.raw_classes == 1 {
-            2
-        } else {
-            stored.raw_classes
-        };
-        if labels.len() != num_classes {
-            return Err(not_classifier(format!(
-                "{} labels ({labels_source:?}) but the model outputs {num_classes} classes",
-                labels.len()
-            )));
-        }
+        let num_classes = class_count(stored.raw_classes);
+        check_labels(&labels, labels_source, num_classes).map_err(not_classifier)?;
 
         let info = ModelInfo {
             path: path.into(),
@@ -230,17 +221,14 @@ impl Classifier {
             preprocess_source,
             metadata: stored.metadata,
         };
-        let mut classifier = Classifier {
+        Ok(Classifier::assemble(
             info,
             labels,
             preprocess,
             typed,
             batch_symbol,
-            raw_classes: stored.raw_classes,
-            plans: Default::default(),
-        };
-        classifier.info.flops_per_image = classifier.flops_per_image();
-        Ok(classifier)
+            stored.raw_classes,
+        ))
     }
 }
 
