@@ -334,6 +334,7 @@ impl TypedOp for FusedDense {
 #[cfg(all(test, feature = "onnx"))]
 mod tests {
     use super::super::tests::run_onnx_both;
+    use super::{ROWS, dot_rows, dot_rows_body};
     use crate::conv_kernels::tests::rnd;
     use crate::metadata::ModelMetadata;
     use crate::onnx::{Attr, GraphBuilder};
@@ -408,6 +409,34 @@ mod tests {
     #[test]
     fn contracted_axes_in_another_order() {
         check(&permuted_einsum(), &[1, 3, 7, 5], 1);
+    }
+
+    #[test]
+    fn portable_and_simd_dot_products_agree_with_a_plain_sum() {
+        // Both code paths on every CPU: the portable body is what ARM runs.
+        for k in [1, 15, 16, 17, 100, 1000] {
+            let w = rnd(ROWS * k, k as u64);
+            let x = rnd(k, 99);
+            let want: Vec<f64> = w
+                .chunks_exact(k)
+                .map(|r| r.iter().zip(&x).map(|(a, b)| (a * b) as f64).sum())
+                .collect();
+            let four = dot_rows_body::<ROWS>(&w, k, &x);
+            let one: Vec<f32> = w
+                .chunks_exact(k)
+                .map(|r| dot_rows_body::<1>(r, k, &x)[0])
+                .collect();
+            let simd = dot_rows::<ROWS>(&w, k, &x);
+            for j in 0..ROWS {
+                for got in [four[j], one[j], simd[j]] {
+                    assert!(
+                        (got as f64 - want[j]).abs() < 1e-4,
+                        "k {k} row {j}: {got} vs {}",
+                        want[j]
+                    );
+                }
+            }
+        }
     }
 
     #[test]
