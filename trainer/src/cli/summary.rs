@@ -52,18 +52,15 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    let w0 = rows
-        .iter()
-        .map(|r| r[0].len())
-        .max()
-        .unwrap_or(0)
-        .max("Layer (type)".len());
-    let w1 = rows
-        .iter()
-        .map(|r| r[1].len())
-        .max()
-        .unwrap_or(0)
-        .max("Output Shape".len());
+    // A column's width: its widest cell or its header.
+    let width = |col: usize, header: &str| {
+        rows.iter()
+            .map(|r| r[col].len())
+            .max()
+            .unwrap_or(0)
+            .max(header.len())
+    };
+    let (w0, w1) = (width(0, "Layer (type)"), width(1, "Output Shape"));
     let rule = "=".repeat(w0 + w1 + 16);
     writeln!(
         out,
