@@ -10,16 +10,18 @@ Zalando IDX files). Output, deterministic for a given package and --seed:
     OUT/LICENSE                          the package's copyright file (Fashion-MNIST's MIT licence)
     OUT/README.md                        what this is and how it was made
 
-<index> is the image's position in its official IDX file. Class folders are named
-`<label>_<name>` (0_tshirt_top ... 9_ankle_boot) so that sorted order is label order, or,
-with --names plain, with Zalando's names (T-shirt_top ... Ankle_boot), as the peer scripts
-of ../shared/peers name them.
+<index> is the image's position in its official IDX file. Class folders carry Zalando's
+names (T-shirt_top ... Ankle_boot, "/" replaced), as the peer scripts of ../shared/peers
+name them and as the shipped models/fashion_model_3.onnx labels its classes (sorted folder
+order: Ankle_boot, Bag, ..., T-shirt_top, Trouser), so that model scores this data as is.
+With --names label they are `<label>_<name>` (0_tshirt_top ... 9_ankle_boot) instead, so
+that sorted order is label order.
 Images are 28x28 8-bit grayscale PNGs, written with the standard library only (zlib).
 
 Usage:
     python3 scripts/make_fashion_subset.py [--deb dataset-fashion-mnist_*.deb] [--out data/fashion-mini]
     # the whole dataset (60,000 train, 10,000 test), as models/fashion_model_3.md uses it:
-    python3 scripts/make_fashion_subset.py --out data/fashion --names plain --train 6000 --val 0 --test 1000
+    python3 scripts/make_fashion_subset.py --out data/fashion --train 6000 --val 0 --test 1000
 Without --deb the package is fetched with `apt-get download dataset-fashion-mnist`.
 """
 
@@ -48,8 +50,9 @@ CLASSES = [
     "8_bag",
     "9_ankle_boot",
 ]
-# --names plain: Zalando's class names ("/" replaced), the layout the peer scripts of
-# ../shared/peers write; folders then sort in another order than the labels.
+# Zalando's class names ("/" replaced), the default: the layout the peer scripts of
+# ../shared/peers write and the shipped model's labels; folders sort in another order
+# than the labels.
 PLAIN = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
 PREFIX = "usr/share/datasets/fashion-mnist/"
 COPYRIGHT = "usr/share/doc/dataset-fashion-mnist/copyright"
@@ -168,9 +171,9 @@ def main():
     ap.add_argument("--val", type=int, default=50, help="validation images per class")
     ap.add_argument("--test", type=int, default=100, help="test images per class")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--names", choices=["label", "plain"], default="label",
-                    help="class folder names: 'label' (0_tshirt_top ...: sorted = label order) "
-                    "or 'plain' (T-shirt_top ...: Zalando's names)")
+    ap.add_argument("--names", choices=["plain", "label"], default="plain",
+                    help="class folder names: 'plain' (T-shirt_top ...: Zalando's names, as the "
+                    "shipped model's labels) or 'label' (0_tshirt_top ...: sorted = label order)")
     args = ap.parse_args()
     names = CLASSES if args.names == "label" else PLAIN
 
@@ -221,7 +224,7 @@ def main():
     with open(os.path.join(tmp_out, "README.md"), "w") as f:
         f.write(README.format(
             train=args.train, val=args.val, test=args.test,
-            options=f"--seed {args.seed}" + (" --names plain" if args.names == "plain" else ""),
+            options=f"--seed {args.seed}" + (" --names label" if args.names == "label" else ""),
             n_train=args.train * 10, n_val=args.val * 10, n_test=args.test * 10,
             deb=os.path.basename(deb), deb_sha=deb_sha, png_bytes=total,
             classes="\n".join(f"| {label} | `{name}` |" for label, name in enumerate(names)),
@@ -244,7 +247,9 @@ in the layout `fennec-train` reads:
 | `test/` | {test} | {n_test} | official test set |
 
 File names are the image's index in its official IDX file. Class folders, by official label
-(`fennec-train` numbers classes in sorted folder order):
+(`fennec-train` numbers classes in sorted folder order; with the default names that order is
+the labels of the shipped `models/fashion_model_3.onnx`, so
+`fennec eval models/fashion_model_3.onnx data/fashion-mini/test` scores this folder):
 
 | label | folder |
 |---|---|
