@@ -33,47 +33,6 @@ const F16_TOLERANCE: f32 = 1e-3;
 /// Images per comparison batch.
 const BATCH: usize = 7;
 
-/// Covers conv same (even kernel → asymmetric pads) / valid / stride 2, batchnorm on a
-/// map and on a vector, maxpool and avgpool `same` on odd sizes, dropout, global
-/// average pool, dense with sigmoid / tanh.
-const EVERY_LAYER_GAP: &str = r#"
-name: every_layer_gap
-input: {height: 23, width: 23, channels: 3}
-layers:
-  - conv2d: {filters: 6, kernel: 3, padding: same, activation: relu}
-  - batchnorm: {momentum: 0.5}
-  - conv2d: {filters: 8, kernel: 3, stride: 2, activation: sigmoid}
-  - maxpool2d: {size: 2, padding: same}
-  - conv2d: {filters: 8, kernel: 2, padding: same, activation: tanh}
-  - avgpool2d: {size: 3, stride: 2, padding: same}
-  - dropout: {rate: 0.3}
-  - conv2d: {filters: 10, kernel: 3, stride: 2, padding: same, activation: relu}
-  - global_average_pool
-  - dense: {units: 12, activation: sigmoid}
-  - batchnorm: {momentum: 0.5}
-  - dropout: {rate: 0.2}
-  - dense: {units: 8, activation: tanh}
-  - dense: {activation: softmax}
-"#;
-
-/// Non-square grayscale input, stride-2 same conv on odd sizes, avgpool before
-/// maxpool (stride 1, symmetric same pads), flatten, relu dense, batchnorm on a
-/// vector, and a last layer without activation (exported with the final Softmax).
-const EVERY_LAYER_FLATTEN: &str = r#"
-name: every_layer_flatten
-input: {height: 17, width: 19, channels: 1}
-layers:
-  - conv2d: {filters: 4, kernel: 3, stride: 2, padding: same, activation: relu}
-  - avgpool2d: {size: 2, padding: same}
-  - batchnorm: {}
-  - maxpool2d: {size: 3, stride: 1, padding: same}
-  - flatten
-  - dropout: {rate: 0.5}
-  - dense: {units: 16, activation: relu}
-  - batchnorm: {momentum: 0.5}
-  - dense: {}
-"#;
-
 /// One exported model and the batch that checks it.
 struct Case {
     name: String,
@@ -89,8 +48,8 @@ struct Case {
 }
 
 fn repo_config(name: &str, size: usize) -> Config {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../configs")
+    let path = fennec_e2e::repo_root()
+        .join("configs")
         .join(format!("{name}.yaml"));
     let mut c = Config::load(&path).unwrap();
     c.input = Input {
@@ -167,8 +126,13 @@ fn make_case(name: &str, config: &Config, classes: usize, seed: u64, precision: 
 fn cases() -> &'static [Case] {
     static CASES: OnceLock<Vec<Case>> = OnceLock::new();
     CASES.get_or_init(|| {
-        let every_gap = Config::parse(EVERY_LAYER_GAP, "every_layer_gap").unwrap();
-        let every_flat = Config::parse(EVERY_LAYER_FLATTEN, "every_layer_flatten").unwrap();
+        // every_layer_gap.yaml and every_layer_flatten.yaml between them use every
+        // layer kind (see their comments).
+        let fixture = |name: &str| {
+            Config::parse(&fennec_e2e::fixture(&format!("{name}.yaml")), name).unwrap()
+        };
+        let every_gap = fixture("every_layer_gap");
+        let every_flat = fixture("every_layer_flatten");
         vec![
             make_case("model_1", &repo_config("model_1", 24), 2, 1, Precision::F32),
             make_case("model_2", &repo_config("model_2", 24), 3, 2, Precision::F32),

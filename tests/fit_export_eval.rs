@@ -6,29 +6,11 @@
 
 use std::path::Path;
 
-use fennec_e2e::{color_folders, color_image, fennec, fennec_train, save, tempdir};
+use fennec_e2e::{
+    Outcome, color_folders, color_image, config, fennec, fennec_train, fixture, save, tempdir,
+};
+use predicates::str::contains;
 use serde_json::Value;
-
-/// Batchnorm and an avgpool so the export's less common operators are on the path;
-/// an odd input size so `same` pools pad asymmetrically.
-const CONFIG: &str = r#"
-name: tiny_export
-input: {height: 9, width: 9, channels: 3}
-layers:
-  - conv2d: {filters: 4, kernel: 3, padding: same, activation: relu}
-  - batchnorm: {}
-  - maxpool2d: {size: 2, padding: same}
-  - avgpool2d: {size: 2, padding: same}
-  - flatten
-  - dropout: {rate: 0.2}
-  - dense: {units: 8, activation: tanh}
-  - dense: {activation: softmax}
-training:
-  batch_size: 6
-  epochs: 4
-  seed: 11
-  optimizer: {adam: {learning_rate: 0.02}}
-"#;
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
@@ -63,8 +45,7 @@ fn runtime_accuracy_equals_trainer_accuracy() {
             );
         }
     }
-    let cfg = d.path().join("tiny.yaml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    let cfg = config(d.path(), "tiny.yaml", &fixture("tiny_export.yaml"));
     let run = d.path().join("run");
     fennec_train!(
         "fit",
@@ -118,8 +99,9 @@ fn runtime_accuracy_equals_trainer_accuracy() {
     assert_eq!(info["model"]["labels_source"], "metadata", "{info}");
     assert_eq!(info["model"]["preprocess_source"], "metadata", "{info}");
     let one = test.join("red").join("0.png");
-    let out = fennec!("predict", onnx, one).ok();
-    assert!(out.contains("red"), "{out}");
+    fennec!("predict", onnx, one)
+        .success()
+        .stdout(contains("red"));
     assert_same_prediction_file(&run.join("model.onnx"), &onnx, &run);
 
     // Bad input: one error line naming the problem, exit 1, nothing half-written.
@@ -129,11 +111,8 @@ fn runtime_accuracy_equals_trainer_accuracy() {
     let missing = d.path().join("no/such/dir/m.onnx");
     fennec_train!("export", run, "-o", missing).fails(1, &["no/such/dir/m.onnx"]);
     assert!(!d.path().join("no").exists());
-    assert_eq!(
-        fennec_train!("export", run, "--checkpoint", "soon").code(),
-        2
-    );
-    assert_eq!(fennec_train!("export", run, "--precision", "f8").code(), 2);
+    fennec_train!("export", run, "--checkpoint", "soon").code(2);
+    fennec_train!("export", run, "--precision", "f8").code(2);
     let before = std::fs::read(&onnx).unwrap();
     let f16 = d.path().join("half.onnx");
     fennec_train!(

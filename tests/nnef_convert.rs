@@ -8,6 +8,7 @@ use fennec_e2e::*;
 use fennec_runtime::Layout;
 use fennec_runtime::metadata::ModelMetadata;
 use fennec_runtime::onnx::{Attr, GraphBuilder};
+use predicates::str::contains;
 use serde_json::Value;
 
 fn predictions(out: &str, model_name: &str) -> Vec<Value> {
@@ -37,12 +38,7 @@ fn assert_close(a: &[Value], b: &[Value]) {
 fn converted_models_give_the_onnx_answers() {
     let d = tempdir();
     let imgs = d.path().join("imgs");
-    for (i, (name, rgb)) in COLORS.iter().enumerate() {
-        save(
-            &color_image(13 + i as u32, 9, *rgb, i as u32),
-            &imgs.join(format!("{name}.png")),
-        );
-    }
+    one_of_each(&imgs, 13, 9, 1);
     let variants = [
         TinyModel::default(),
         TinyModel {
@@ -56,11 +52,11 @@ fn converted_models_give_the_onnx_answers() {
         },
     ];
     for (i, v) in variants.iter().enumerate() {
-        let onnx = d.path().join(format!("m{i}.onnx"));
+        let onnx = color_model_file(d.path(), &format!("m{i}.onnx"), v);
         let nnef = d.path().join(format!("m{i}.nnef.tgz"));
-        fs::write(&onnx, color_model(v)).unwrap();
-        let out = fennec!("convert", onnx, nnef).ok();
-        assert!(out.contains("3 classes"), "{out}");
+        fennec!("convert", onnx, nnef)
+            .success()
+            .stdout(contains("3 classes"));
         let a = fennec!("predict", onnx, imgs, "--json", "-k", "3").ok();
         let b = fennec!("predict", nnef, imgs, "--json", "-k", "3", "--batch", "3").ok();
         assert_close(
@@ -90,15 +86,14 @@ fn converted_models_give_the_onnx_answers() {
 #[test]
 fn labels_and_overrides_given_at_conversion_are_kept() {
     let d = tempdir();
-    let onnx = d.path().join("bare.onnx");
-    fs::write(
-        &onnx,
-        color_model(&TinyModel {
+    let onnx = color_model_file(
+        d.path(),
+        "bare.onnx",
+        &TinyModel {
             metadata: false,
             ..Default::default()
-        }),
-    )
-    .unwrap();
+        },
+    );
     // Characters NNEF string literals cannot carry must survive.
     let labels = d.path().join("labels.txt");
     fs::write(&labels, "l'azur \"bleu\"\nvert\\n\nrouge é\n").unwrap();
@@ -124,8 +119,7 @@ fn labels_and_overrides_given_at_conversion_are_kept() {
 #[test]
 fn bad_archives_fail_with_one_line() {
     let d = tempdir();
-    let onnx = d.path().join("m.onnx");
-    fs::write(&onnx, color_model(&TinyModel::default())).unwrap();
+    let onnx = color_model_file(d.path(), "m.onnx", &TinyModel::default());
     let nnef = d.path().join("m.nnef.tgz");
     fennec!("convert", onnx, nnef).ok();
     let bytes = fs::read(&nnef).unwrap();

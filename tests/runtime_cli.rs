@@ -2,26 +2,31 @@
 //! every command, every output format, and the bad inputs of the runtime issue.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fennec_e2e::*;
 use fennec_runtime::Layout;
+use predicates::prelude::*;
+use predicates::str::contains;
 use serde_json::Value;
 
-fn write_model(dir: &Path, name: &str, o: &TinyModel) -> std::path::PathBuf {
-    let p = dir.join(name);
-    fs::write(&p, color_model(o)).unwrap();
-    p
+/// The default colour model in `dir/m.onnx`, and `dir/<folder>/<colour>/*` with `n`
+/// images per colour.
+fn model_and_folders(dir: &Path, folder: &str, n: u32) -> (PathBuf, PathBuf) {
+    let data = dir.join(folder);
+    color_folders(&data, n);
+    (color_model_file(dir, "m.onnx", &TinyModel::default()), data)
 }
 
 #[test]
 fn info_shows_metadata_and_shapes() {
     let d = tempdir();
-    let m = write_model(d.path(), "m.onnx", &TinyModel::default());
-    let out = fennec!("info", m).ok();
-    assert!(out.contains("blue, green, red"), "{out}");
-    assert!(out.contains("preprocess (metadata)"), "{out}");
-    assert!(out.contains("probabilities"), "{out}");
+    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
+    fennec!("info", m).success().stdout(
+        contains("blue, green, red")
+            .and(contains("preprocess (metadata)"))
+            .and(contains("probabilities")),
+    );
     let v: Value = serde_json::from_str(&fennec!("info", m, "--json").ok()).unwrap();
     assert_eq!(v["model"]["layout"], "nchw");
     assert_eq!(v["model"]["num_classes"], 3);
@@ -38,7 +43,7 @@ fn info_shows_metadata_and_shapes() {
 #[test]
 fn predict_files_dirs_and_globs() {
     let d = tempdir();
-    let m = write_model(d.path(), "m.onnx", &TinyModel::default());
+    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
     let imgs = d.path().join("imgs");
     save(&color_image(20, 12, RED, 1), &imgs.join("a_red.png"));
     save(&color_image(8, 8, BLUE, 2), &imgs.join("b_blue.jpg"));
@@ -91,15 +96,10 @@ fn predict_files_dirs_and_globs() {
 fn nhwc_logits_and_fixed_batch_models_agree() {
     let d = tempdir();
     let imgs = d.path().join("imgs");
-    for (i, (_, rgb)) in COLORS.iter().enumerate() {
-        save(
-            &color_image(8, 8, *rgb, i as u32),
-            &imgs.join(format!("{i}.png")),
-        );
-    }
+    one_of_each(&imgs, 8, 8, 0);
     let reference = fennec!(
         "predict",
-        write_model(d.path(), "a.onnx", &TinyModel::default()),
+        color_model_file(d.path(), "a.onnx", &TinyModel::default()),
         imgs,
         "--json"
     )
@@ -123,7 +123,7 @@ fn nhwc_logits_and_fixed_batch_models_agree() {
         },
     ];
     for (i, v) in variants.iter().enumerate() {
-        let m = write_model(d.path(), &format!("v{i}.onnx"), v);
+        let m = color_model_file(d.path(), &format!("v{i}.onnx"), v);
         let out = fennec!("predict", m, imgs, "--json", "--batch", "4").ok();
         let probs = |s: &str| -> Vec<f64> {
             s.lines()
@@ -143,9 +143,7 @@ fn nhwc_logits_and_fixed_batch_models_agree() {
 #[test]
 fn eval_reports_metrics_and_skips_bad_files() {
     let d = tempdir();
-    let m = write_model(d.path(), "m.onnx", &TinyModel::default());
-    let data = d.path().join("test");
-    color_folders(&data, 6);
+    let (m, data) = model_and_folders(d.path(), "test", 6);
     // A mislabelled image: a green picture in the red folder.
     save(
         &color_image(9, 9, GREEN, 99),
@@ -161,7 +159,7 @@ fn eval_reports_metrics_and_skips_bad_files() {
     let json_path = d.path().join("report.json");
     let csv_path = d.path().join("classes.csv");
     let miss_path = d.path().join("miss.csv");
-    let out = fennec!(
+    fennec!(
         "eval",
         m,
         data,
@@ -174,12 +172,13 @@ fn eval_reports_metrics_and_skips_bad_files() {
         "--batch",
         "4"
     )
-    .ok();
-    assert!(out.contains("accuracy: 0.9474 (18/19)"), "{out}");
-    assert!(out.contains("confusion matrix"), "{out}");
-    assert!(
-        out.contains("[truncated]") && out.contains("[empty]") && out.contains("[not_an_image]"),
-        "{out}"
+    .success()
+    .stdout(
+        contains("accuracy: 0.9474 (18/19)")
+            .and(contains("confusion matrix"))
+            .and(contains("[truncated]"))
+            .and(contains("[empty]"))
+            .and(contains("[not_an_image]")),
     );
 
     let r: Value = serde_json::from_slice(&fs::read(&json_path).unwrap()).unwrap();
@@ -221,7 +220,7 @@ fn eval_reports_metrics_and_skips_bad_files() {
 #[test]
 fn awkward_but_valid_images_are_scored() {
     let d = tempdir();
-    let m = write_model(d.path(), "m.onnx", &TinyModel::default());
+    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
     let dir = d.path().join("imgs");
     fs::create_dir_all(&dir).unwrap();
     // 1x1 image.
@@ -274,9 +273,7 @@ fn write_gif(path: &Path) {
 #[test]
 fn huge_and_unreadable_images_are_skipped_not_fatal() {
     let d = tempdir();
-    let m = write_model(d.path(), "m.onnx", &TinyModel::default());
-    let data = d.path().join("data");
-    color_folders(&data, 2);
+    let (m, data) = model_and_folders(d.path(), "data", 2);
     // 10000x10000: rejected from its header, nothing allocated.
     let big = image::GrayImage::new(10_000, 10_000);
     big.save(data.join("red/huge.png")).unwrap();
@@ -345,7 +342,7 @@ fn bad_models_fail_with_one_line_naming_the_file() {
 #[test]
 fn bad_folders_fail_clearly() {
     let d = tempdir();
-    let m = write_model(d.path(), "m.onnx", &TinyModel::default());
+    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
     let empty = d.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
     fennec!("eval", m, empty).fails(1, &["empty", "no class folders"]);
@@ -364,7 +361,7 @@ fn bad_folders_fail_clearly() {
 #[test]
 fn model_without_metadata_needs_and_takes_labels() {
     let d = tempdir();
-    let m = write_model(
+    let m = color_model_file(
         d.path(),
         "bare.onnx",
         &TinyModel {
@@ -375,16 +372,12 @@ fn model_without_metadata_needs_and_takes_labels() {
     );
     let img = d.path().join("x.png");
     save(&color_image(8, 8, GREEN, 0), &img);
-    let r = fennec!("predict", m, img, "--json");
-    let out = r.ok();
+    let out = fennec!("predict", m, img, "--json")
+        .stderr(contains("no class names").and(contains("Keras defaults")))
+        .ok();
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["predictions"][0]["label"],
         "1"
-    );
-    assert!(
-        r.stderr().contains("no class names") && r.stderr().contains("Keras defaults"),
-        "{}",
-        r.stderr()
     );
 
     let labels = d.path().join("labels.txt");
@@ -401,14 +394,15 @@ fn model_without_metadata_needs_and_takes_labels() {
     // Sorted class folders map to outputs when the model has no labels.
     let data = d.path().join("data");
     color_folders(&data, 2);
-    let out = fennec!("eval", m, data, "-q").ok();
-    assert!(out.contains("accuracy: 1.0000 (6/6)"), "{out}");
+    fennec!("eval", m, data, "-q")
+        .success()
+        .stdout(contains("accuracy: 1.0000 (6/6)"));
 }
 
 #[test]
 fn bench_reports_percentiles() {
     let d = tempdir();
-    let m = write_model(d.path(), "m.onnx", &TinyModel::default());
+    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
     let v: Value = serde_json::from_str(
         &fennec!(
             "bench",
@@ -436,18 +430,17 @@ fn bench_reports_percentiles() {
         );
         assert!(min <= p50 && p50 <= max && min > 0.0, "{r}");
     }
-    let table = fennec!("bench", m, "--runs", "3").ok();
-    assert!(table.contains("p50") && table.contains("img/s"), "{table}");
+    fennec!("bench", m, "--runs", "3")
+        .success()
+        .stdout(contains("p50").and(contains("img/s")));
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    assert_eq!(fennec!("predict").code(), 2);
-    assert_eq!(fennec!("eval", "m.onnx", "dir", "--batch", "0").code(), 2);
-    assert_eq!(fennec!("frobnicate").code(), 2);
-    let help = fennec!("eval", "--help").ok();
-    assert!(
-        help.contains("--misclassified") && help.contains("--decode-threads"),
-        "{help}"
-    );
+    fennec!("predict").code(2);
+    fennec!("eval", "m.onnx", "dir", "--batch", "0").code(2);
+    fennec!("frobnicate").code(2);
+    fennec!("eval", "--help")
+        .success()
+        .stdout(contains("--misclassified").and(contains("--decode-threads")));
 }

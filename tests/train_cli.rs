@@ -6,24 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fennec_e2e::{BLUE, bin, color_folders, color_image, fennec_train, save};
+use assert_cmd::assert::OutputAssertExt;
+use fennec_e2e::{
+    BLUE, Outcome, bin, color_folders, color_image, config, fennec_train, fixture, fixture_with,
+    save,
+};
+use predicates::prelude::*;
+use predicates::str::contains;
 use serde_json::Value;
-
-const TINY: &str = r#"
-name: tiny
-input: {height: 8, width: 8, channels: 3}
-layers:
-  - conv2d: {filters: 4, kernel: 3, activation: relu}
-  - maxpool2d: {size: 2, padding: same}
-  - dropout: {rate: 0.2}
-  - flatten
-  - dense: {units: 8, activation: relu}
-  - dense: {activation: softmax}
-training:
-  batch_size: 5
-  epochs: 3
-  seed: 7
-"#;
 
 /// `root/{train,validation,test}/{blue,green,red}/*` with `n` images per class.
 fn data(root: &Path, n: u32) -> PathBuf {
@@ -32,12 +22,6 @@ fn data(root: &Path, n: u32) -> PathBuf {
         color_folders(&d.join(split), n);
     }
     d
-}
-
-fn config(dir: &Path, name: &str, yaml: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, yaml).unwrap();
-    p
 }
 
 fn json(path: &Path) -> Value {
@@ -100,10 +84,11 @@ fn weights(run: &Path, epoch: usize) -> String {
 fn fit_writes_a_complete_run_and_evaluate_reads_it() {
     let dir = fennec_e2e::tempdir();
     let d = data(dir.path(), 6);
-    let cfg = config(dir.path(), "tiny.yaml", TINY);
+    let cfg = config(dir.path(), "tiny.yaml", &fixture("tiny.yaml"));
     let run = dir.path().join("run");
-    let out = fennec_train!("fit", cfg, "--data", d, "--out", run, "--threads", "1").ok();
-    assert!(out.contains("model.onnx"), "{out}");
+    fennec_train!("fit", cfg, "--data", d, "--out", run, "--threads", "1")
+        .success()
+        .stdout(contains("model.onnx"));
 
     assert_eq!(
         json(&run.join("classes.json")),
@@ -158,11 +143,9 @@ fn fit_writes_a_complete_run_and_evaluate_reads_it() {
     assert_eq!(eval["images"], 18);
     assert_eq!(eval["epoch"], 3);
     assert!((0.0..=1.0).contains(&eval["accuracy"].as_f64().unwrap()));
-    let text = fennec_train!("evaluate", run, d.join("test")).ok();
-    assert!(
-        text.contains("accuracy") && text.contains(&format!("epoch {best_epoch} (best)")),
-        "{text}"
-    );
+    fennec_train!("evaluate", run, d.join("test"))
+        .success()
+        .stdout(contains("accuracy").and(contains(format!("epoch {best_epoch} (best)"))));
 
     // An explicit --out holding a run is refused (no accidental overwrite).
     fennec_train!("fit", cfg, "--data", d, "--out", run)
@@ -173,7 +156,7 @@ fn fit_writes_a_complete_run_and_evaluate_reads_it() {
 fn resume_gives_the_same_weights_and_history_as_an_uninterrupted_run() {
     let dir = fennec_e2e::tempdir();
     let d = data(dir.path(), 6);
-    let cfg = config(dir.path(), "tiny.yaml", TINY);
+    let cfg = config(dir.path(), "tiny.yaml", &fixture("tiny.yaml"));
     let (straight, resumed) = (dir.path().join("straight"), dir.path().join("resumed"));
     fennec_train!(
         "fit",
@@ -241,36 +224,28 @@ fn early_stopping_stops_and_exports_the_best_epoch() {
     let dir = fennec_e2e::tempdir();
     let d = data(dir.path(), 4);
     // min_delta so large that no epoch after the first counts as an improvement.
-    let yaml = TINY.replace(
-        "epochs: 3",
-        "epochs: 20\n  early_stopping: {patience: 2, min_delta: 100.0}",
+    let yaml = fixture_with(
+        "tiny.yaml",
+        &[(
+            "epochs: 3",
+            "epochs: 20\n  early_stopping: {patience: 2, min_delta: 100.0}",
+        )],
     );
     let cfg = config(dir.path(), "es.yaml", &yaml);
     let run = dir.path().join("run");
-    let r = fennec_train!("fit", cfg, "--data", d, "--out", run, "--threads", "1");
-    r.ok();
-    assert!(
-        r.stderr().contains("early stopping after epoch 3"),
-        "{}",
-        r.stderr()
-    );
+    fennec_train!("fit", cfg, "--data", d, "--out", run, "--threads", "1")
+        .success()
+        .stderr(contains("early stopping after epoch 3"))
+        .stdout(contains("model.onnx from epoch 1"));
     assert_eq!(json(&run.join("history.json")).as_array().unwrap().len(), 3);
     assert_eq!(json(&run.join("best.json"))["epoch"], 1);
     assert_eq!(checkpoints(&run), vec!["epoch-001", "epoch-003"]);
     let summary = json(&run.join("summary.json"));
     assert_eq!(summary["stopped_early"], true);
-    assert!(
-        r.stdout().contains("model.onnx from epoch 1"),
-        "{}",
-        r.stdout()
-    );
     // Resuming a run that stopped early has nothing left to do.
-    let again = fennec_train!("fit", "--resume", run, "-q");
-    assert!(
-        again.ok().contains("trained 0 epoch(s)"),
-        "{}",
-        again.stdout()
-    );
+    fennec_train!("fit", "--resume", run, "-q")
+        .success()
+        .stdout(contains("trained 0 epoch(s)"));
 }
 
 #[test]
@@ -280,7 +255,7 @@ fn ctrl_c_stops_keeps_the_last_checkpoint_and_resume_continues() {
     let cfg = config(
         dir.path(),
         "long.yaml",
-        &TINY.replace("epochs: 3", "epochs: 100000"),
+        &fixture_with("tiny.yaml", &[("epochs: 3", "epochs: 100000")]),
     );
     let run = dir.path().join("run");
     let mut child = Command::new(bin("fennec-train"))
@@ -312,14 +287,11 @@ fn ctrl_c_stops_keeps_the_last_checkpoint_and_resume_continues() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(
-        stderr.contains("is intact") && stderr.contains("--resume"),
-        "{stderr}"
+    child.wait_with_output().unwrap().assert().code(130).stderr(
+        contains("is intact")
+            .and(contains("--resume"))
+            .and(contains("panicked").not()),
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
     // Every checkpoint left is complete and matches the history.
     let last = checkpoints(&run)
         .iter()
@@ -360,7 +332,7 @@ fn ctrl_c_stops_keeps_the_last_checkpoint_and_resume_continues() {
 #[test]
 fn bad_data_folders_are_one_line_errors() {
     let dir = fennec_e2e::tempdir();
-    let cfg = config(dir.path(), "tiny.yaml", TINY);
+    let cfg = config(dir.path(), "tiny.yaml", &fixture("tiny.yaml"));
     let d = data(dir.path(), 2);
     let out = |name: &str| dir.path().join(name);
 
@@ -397,13 +369,9 @@ fn bad_data_folders_are_one_line_errors() {
     .unwrap();
     fennec_train!("fit", cfg, "--data", d, "--out", out("r5"), "--strict")
         .fails(1, &["--strict", "broken.jpg"]);
-    let r = fennec_train!("fit", cfg, "--data", d, "--out", out("r6"), "--epochs", "1");
-    r.ok();
-    assert!(
-        r.stderr().contains("warning: skipped") && r.stderr().contains("broken.jpg"),
-        "{}",
-        r.stderr()
-    );
+    fennec_train!("fit", cfg, "--data", d, "--out", out("r6"), "--epochs", "1")
+        .success()
+        .stderr(contains("warning: skipped").and(contains("broken.jpg")));
     let summary = json(&out("r6").join("summary.json"));
     assert_eq!(summary["data"]["train"]["skipped"], 1);
     assert!(
@@ -423,18 +391,18 @@ fn bad_configs_devices_and_run_dirs_are_one_line_errors() {
     let typo = config(
         dir.path(),
         "typo.yaml",
-        &TINY.replace("kernel: 3", "kernal: 3"),
+        &fixture_with("tiny.yaml", &[("kernel: 3", "kernal: 3")]),
     );
     fennec_train!("fit", typo, "--data", d, "--out", out("r1")).fails(1, &["typo.yaml", "kernal"]);
     let negative = config(
         dir.path(),
         "neg.yaml",
-        &TINY.replace("height: 8", "height: -8"),
+        &fixture_with("tiny.yaml", &[("height: 8", "height: -8")]),
     );
     fennec_train!("fit", negative, "--data", d, "--out", out("r2"))
         .fails(1, &["neg.yaml", "height"]);
 
-    let cfg = config(dir.path(), "tiny.yaml", TINY);
+    let cfg = config(dir.path(), "tiny.yaml", &fixture("tiny.yaml"));
     // The harness builds the default (CPU-only) binaries.
     fennec_train!("fit", cfg, "--data", d, "--device", "cuda").fails(1, &["--features cuda"]);
 
@@ -449,7 +417,7 @@ fn bad_configs_devices_and_run_dirs_are_one_line_errors() {
     let wide = config(
         dir.path(),
         "wide.yaml",
-        &TINY.replace("filters: 4", "filters: 6"),
+        &fixture_with("tiny.yaml", &[("filters: 4", "filters: 6")]),
     );
     fennec_train!("fit", wide, "--data", d, "--out", b, "--epochs", "1", "-q").ok();
     std::fs::copy(
@@ -482,7 +450,7 @@ fn disk_full_during_a_checkpoint_keeps_the_earlier_one() {
     let cfg = config(
         dir.path(),
         "tiny.yaml",
-        &TINY.replace("units: 8", "units: 64"),
+        &fixture_with("tiny.yaml", &[("units: 8", "units: 64")]),
     );
     let run = dir.path().join("run");
     fennec_train!(
@@ -510,14 +478,15 @@ fn disk_full_during_a_checkpoint_keeps_the_earlier_one() {
         bin("fennec-train").display(),
         run.display()
     );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("epoch-002") && stderr.contains("cannot write checkpoint"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_cmd::Command::new("sh")
+        .args(["-c", &script])
+        .assert()
+        .code(1)
+        .stderr(
+            contains("epoch-002")
+                .and(contains("cannot write checkpoint"))
+                .and(contains("panicked").not()),
+        );
     assert_eq!(
         checkpoints(&run),
         vec!["epoch-001"],
@@ -558,7 +527,7 @@ fn grayscale_configs_train_on_colour_files() {
         }
     }
     save(&color_image(9, 9, BLUE, 0), &d.join("train/c0/extra.png"));
-    let yaml = TINY.replace("channels: 3", "channels: 1");
+    let yaml = fixture_with("tiny.yaml", &[("channels: 3", "channels: 1")]);
     let cfg = config(dir.path(), "gray.yaml", &yaml);
     let run = dir.path().join("run");
     fennec_train!("fit", cfg, "--data", d, "--out", run, "--epochs", "1", "-q").ok();

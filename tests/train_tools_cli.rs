@@ -4,7 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use fennec_e2e::{BLUE, GREEN, RED, color_folders, color_image, fennec_train, save, tempdir};
+use fennec_e2e::{
+    BLUE, GREEN, Outcome, RED, color_folders, color_image, config, fennec_train, fixture, save,
+    tempdir,
+};
+use predicates::prelude::*;
+use predicates::str::contains;
 
 /// Every file under `root` (relative path → bytes).
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -201,7 +206,13 @@ fn split_table_and_hard_links() {
     let dir = tempdir();
     let raw = raw_folder(dir.path());
     let out = dir.path().join("linked");
-    let text = fennec_train!("split", raw, out, "--link").ok();
+    let text = fennec_train!("split", raw, out, "--link")
+        .stdout(
+            contains("hard-linked")
+                .and(contains("666.jpg"))
+                .and(contains("Thumbs.db")),
+        )
+        .ok();
     // Defaults 0.1/0.1: Cat 12 → 1 test, 1 validation (round(2.4) = 2 held out);
     // Dog 9 → round(1.8) = 2 held out: 1 test, 1 validation.
     let row = |class: &str| {
@@ -216,11 +227,6 @@ fn split_table_and_hard_links() {
     assert_eq!(row("Cat"), vec![10, 1, 1, 1], "{text}");
     assert_eq!(row("Dog"), vec![7, 1, 1, 1], "{text}");
     assert_eq!(row("total"), vec![17, 2, 2, 2], "{text}");
-    assert!(text.contains("hard-linked"), "{text}");
-    assert!(
-        text.contains("666.jpg") && text.contains("Thumbs.db"),
-        "{text}"
-    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
@@ -275,26 +281,13 @@ fn split_bad_inputs() {
     }
 }
 
-const CONFIG: &str = "
-name: preview-test
-input: {height: 16, width: 16, channels: 3}
-layers:
-  - conv2d: {filters: 4, kernel: 3, activation: relu}
-  - global_average_pool
-  - dense: {activation: softmax}
-training:
-  batch_size: 6
-  augmentation: {horizontal_flip: true, rotation: 10, brightness: [0.9, 1.1]}
-";
-
 #[test]
 fn preview_draws_a_labelled_grid() {
     let dir = tempdir();
     let data = dir.path().join("data");
     color_folders(&data.join("train"), 4);
     std::fs::write(data.join("train/red/bad.jpg"), b"garbage").unwrap();
-    let config = dir.path().join("c.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let config = config(dir.path(), "c.yaml", &fixture("preview.yaml"));
     let png = dir.path().join("out/preview.png");
     std::fs::create_dir_all(png.parent().unwrap()).unwrap();
 
@@ -338,7 +331,7 @@ fn preview_draws_a_labelled_grid() {
     assert_eq!(std::fs::read(&png).unwrap(), std::fs::read(&png2).unwrap());
 
     // Human output, explicit count, no augmentation.
-    let text = fennec_train!(
+    fennec_train!(
         "preview",
         config,
         "--data",
@@ -349,11 +342,8 @@ fn preview_draws_a_labelled_grid() {
         "2",
         "--no-augment"
     )
-    .ok();
-    assert!(
-        text.contains("2 images") && text.contains("augmentation off"),
-        "{text}"
-    );
+    .success()
+    .stdout(contains("2 images").and(contains("augmentation off")));
     assert_eq!(image::open(&png2).unwrap().width(), 8 + 2 * (96 + 8));
 
     // Bad inputs name the file.

@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{Context, Result, anyhow, bail};
 use fennec_e2e::{COLORS, TinyModel, color_folders, color_image, color_model, save};
 use fennec_runtime::metadata::ModelMetadata;
 use fennec_runtime::onnx::{Attr, GraphBuilder};
@@ -36,44 +37,46 @@ fn main() -> ExitCode {
         ["write", dir] => write(Path::new(dir)),
         ["compare", expected, actual, tol] => match tol.parse::<f64>() {
             Ok(tol) => compare(Path::new(expected), Path::new(actual), tol),
-            Err(_) => Err(format!("tolerance '{tol}' is not a number")),
+            Err(_) => Err(anyhow!("tolerance '{tol}' is not a number")),
         },
-        _ => Err("usage: pi_fixtures write DIR | pi_fixtures compare EXPECTED ACTUAL TOL".into()),
+        _ => Err(anyhow!(
+            "usage: pi_fixtures write DIR | pi_fixtures compare EXPECTED ACTUAL TOL"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn write(dir: &Path) -> Result<(), String> {
-    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+fn write(dir: &Path) -> Result<()> {
+    let io = |p: &Path| p.display().to_string();
     let images = dir.join("images");
-    std::fs::create_dir_all(&images).map_err(|e| io(&images, e))?;
+    std::fs::create_dir_all(&images).with_context(|| io(&images))?;
 
     let cnn = dir.join("cnn.onnx");
-    std::fs::write(&cnn, cnn_model()).map_err(|e| io(&cnn, e))?;
+    std::fs::write(&cnn, cnn_model()).with_context(|| io(&cnn))?;
     let color = dir.join("color_nhwc.onnx");
     let tiny = TinyModel {
         layout: Layout::Nhwc,
         softmax: false,
         ..Default::default()
     };
-    std::fs::write(&color, color_model(&tiny)).map_err(|e| io(&color, e))?;
+    std::fs::write(&color, color_model(&tiny)).with_context(|| io(&color))?;
 
     // The committed golden images: real encoder output from Pillow, odd formats included.
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/preprocess/images");
-    let entries = std::fs::read_dir(&golden).map_err(|e| io(&golden, e))?;
+    let entries = std::fs::read_dir(&golden).with_context(|| io(&golden))?;
     for entry in entries {
-        let src = entry.map_err(|e| io(&golden, e))?.path();
+        let src = entry.with_context(|| io(&golden))?.path();
         let dst = images.join(format!(
             "golden_{}",
             src.file_name().unwrap().to_string_lossy()
         ));
-        std::fs::copy(&src, &dst).map_err(|e| io(&src, e))?;
+        std::fs::copy(&src, &dst).with_context(|| io(&src))?;
     }
     // Generated scenes, one per codec, at sizes that make every resize path work.
     for (i, ext) in ["png", "jpg", "bmp", "gif", "webp", "tiff"]
@@ -191,7 +194,7 @@ fn cnn_model() -> Vec<u8> {
 /// Fields that measure time, not answers.
 const IGNORED: [&str; 2] = ["seconds", "images_per_second"];
 
-fn compare(expected: &Path, actual: &Path, tol: f64) -> Result<(), String> {
+fn compare(expected: &Path, actual: &Path, tol: f64) -> Result<()> {
     let (e, a) = (parse(expected)?, parse(actual)?);
     let mut diffs = Vec::new();
     let mut max_diff = 0.0f64;
@@ -218,19 +221,19 @@ fn compare(expected: &Path, actual: &Path, tol: f64) -> Result<(), String> {
         Ok(())
     } else {
         let shown: Vec<String> = diffs.iter().take(10).cloned().collect();
-        Err(format!(
+        bail!(
             "{} differs from {} in {} place(s):\n  {}",
             actual.display(),
             expected.display(),
             diffs.len(),
             shown.join("\n  ")
-        ))
+        )
     }
 }
 
 /// A whole JSON document, or JSON lines.
-fn parse(path: &Path) -> Result<Vec<Value>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn parse(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     if let Ok(v) = serde_json::from_str::<Value>(&text) {
         return Ok(vec![v]);
     }
@@ -238,7 +241,7 @@ fn parse(path: &Path) -> Result<Vec<Value>, String> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
         })
         .collect()
 }

@@ -1,0 +1,116 @@
+//! Tiny ONNX classifiers built in code, whose answers on the generated images are
+//! known: a "which colour dominates" model in every layout and output variant the
+//! runtime supports, and a model that is not an image classifier at all.
+
+use std::path::{Path, PathBuf};
+
+use fennec_runtime::metadata::ModelMetadata;
+use fennec_runtime::onnx::{Attr, GraphBuilder};
+use fennec_runtime::{ColorMode, Layout, Preprocess};
+
+use crate::images::COLORS;
+
+/// Options for [`color_model`].
+#[derive(Debug, Clone)]
+pub struct TinyModel {
+    pub layout: Layout,
+    /// End in Softmax (else raw logits).
+    pub softmax: bool,
+    /// Write fennec metadata (labels, preprocessing).
+    pub metadata: bool,
+    /// Fixed batch size, `None` = dynamic.
+    pub batch: Option<i64>,
+    pub size: i64,
+}
+
+impl Default for TinyModel {
+    fn default() -> Self {
+        TinyModel {
+            layout: Layout::Nchw,
+            softmax: true,
+            metadata: true,
+            batch: None,
+            size: 8,
+        }
+    }
+}
+
+/// A 3-class "which colour dominates" classifier (labels blue, green, red, the
+/// sorted folder names): global average pool → Gemm → (Softmax). Its answers on
+/// [`color_image`]s are known, so end-to-end tests can check real predictions.
+pub fn color_model(o: &TinyModel) -> Vec<u8> {
+    let s = o.size;
+    let mut g = GraphBuilder::new("color");
+    let nchw = [o.batch, Some(3), Some(s), Some(s)];
+    let nhwc = [o.batch, Some(s), Some(s), Some(3)];
+    let mut x = "image".to_string();
+    match o.layout {
+        Layout::Nchw => g.input("image", &nchw),
+        Layout::Nhwc => {
+            g.input("image", &nhwc);
+            x = g.node(
+                "Transpose",
+                &["image"],
+                vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+                None,
+            );
+        }
+    }
+    let pooled = g.node("GlobalAveragePool", &[&x], vec![], None);
+    let flat = g.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))], None);
+    // Class order blue, green, red: logits = 20 * (channel mean) - 10 * (sum of means).
+    let w = g.weight(
+        "w",
+        &[3, 3],
+        &[-10.0, -10.0, 10.0, -10.0, 10.0, -10.0, 10.0, -10.0, -10.0],
+    );
+    let b = g.weight("b", &[3], &[0.0, 0.0, 0.0]);
+    let out_name = "scores";
+    let logits = g.node(
+        "Gemm",
+        &[&flat, &w, &b],
+        vec![],
+        (!o.softmax).then_some(out_name),
+    );
+    if o.softmax {
+        g.node(
+            "Softmax",
+            &[&logits],
+            vec![("axis", Attr::Int(1))],
+            Some(out_name),
+        );
+    }
+    g.output(out_name, &[o.batch, Some(3)]);
+    let md = if o.metadata {
+        let mut p = Preprocess::keras(s as u32, s as u32, ColorMode::Rgb);
+        p.layout = o.layout;
+        p.filter = fennec_runtime::ResizeFilter::Bilinear;
+        ModelMetadata {
+            labels: Some(COLORS.iter().map(|(n, _)| n.to_string()).collect()),
+            preprocess: Some(p),
+            model_name: Some("tiny-color".into()),
+            ..Default::default()
+        }
+    } else {
+        ModelMetadata::default()
+    };
+    g.finish(&md)
+}
+
+/// A model whose input is not an image (rank 2).
+pub fn vector_model() -> Vec<u8> {
+    let mut g = GraphBuilder::new("vector");
+    g.input("x", &[None, Some(10)]);
+    let w = g.weight("w", &[10, 2], &[0.1; 20]);
+    let b = g.weight("b", &[2], &[0.0; 2]);
+    g.node("Gemm", &["x", &w, &b], vec![], Some("y"));
+    g.output("y", &[None, Some(2)]);
+    g.finish(&ModelMetadata::default())
+}
+
+/// Writes [`color_model`]`(o)` to `dir/name` and returns its path.
+pub fn color_model_file(dir: &Path, name: &str, o: &TinyModel) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, color_model(o)).unwrap();
+    path
+}
