@@ -5,7 +5,6 @@
 use std::fs;
 
 use fennec_e2e::*;
-use fennec_runtime::Layout;
 use fennec_runtime::metadata::ModelMetadata;
 use fennec_runtime::onnx::{Attr, GraphBuilder};
 use predicates::str::contains;
@@ -41,15 +40,8 @@ fn converted_models_give_the_onnx_answers() {
     one_of_each(&imgs, 13, 9, 1);
     let variants = [
         TinyModel::default(),
-        TinyModel {
-            layout: Layout::Nhwc,
-            softmax: false,
-            ..Default::default()
-        },
-        TinyModel {
-            batch: Some(2),
-            ..Default::default()
-        },
+        TinyModel::default().nhwc().logits(),
+        TinyModel::default().fixed_batch(2),
     ];
     for (i, v) in variants.iter().enumerate() {
         let onnx = color_model_file(d.path(), &format!("m{i}.onnx"), v);
@@ -86,14 +78,7 @@ fn converted_models_give_the_onnx_answers() {
 #[test]
 fn labels_and_overrides_given_at_conversion_are_kept() {
     let d = tempdir();
-    let onnx = color_model_file(
-        d.path(),
-        "bare.onnx",
-        &TinyModel {
-            metadata: false,
-            ..Default::default()
-        },
-    );
+    let onnx = color_model_file(d.path(), "bare.onnx", &TinyModel::default().bare());
     // Characters NNEF string literals cannot carry must survive.
     let labels = d.path().join("labels.txt");
     fs::write(&labels, "l'azur \"bleu\"\nvert\\n\nrouge é\n").unwrap();
@@ -154,13 +139,7 @@ fn ops_outside_tract_core_are_refused_at_conversion() {
     let mut g = GraphBuilder::new("lrn");
     g.input("image", &[None, Some(3), Some(8), Some(8)]);
     let x = g.node("LRN", &["image"], vec![("size", Attr::Int(3))], None);
-    let x = g.node("GlobalAveragePool", &[&x], vec![], None);
-    g.node(
-        "Flatten",
-        &[&x],
-        vec![("axis", Attr::Int(1))],
-        Some("scores"),
-    );
+    pool_and_flatten(&mut g, &x, Some("scores"));
     g.output("scores", &[None, Some(3)]);
     let onnx = d.path().join("lrn.onnx");
     fs::write(&onnx, g.finish(&ModelMetadata::default())).unwrap();

@@ -5,10 +5,17 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use fennec_e2e::*;
-use fennec_runtime::Layout;
 use predicates::prelude::*;
 use predicates::str::contains;
 use serde_json::Value;
+use tempfile::TempDir;
+
+/// A temporary folder holding the default colour model as `m.onnx`.
+fn with_model() -> (TempDir, PathBuf) {
+    let d = tempdir();
+    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
+    (d, m)
+}
 
 /// The default colour model in `dir/m.onnx`, and `dir/<folder>/<colour>/*` with `n`
 /// images per colour.
@@ -20,8 +27,7 @@ fn model_and_folders(dir: &Path, folder: &str, n: u32) -> (PathBuf, PathBuf) {
 
 #[test]
 fn info_shows_metadata_and_shapes() {
-    let d = tempdir();
-    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
+    let (_d, m) = with_model();
     fennec!("info", m).success().stdout(
         contains("blue, green, red")
             .and(contains("preprocess (metadata)"))
@@ -42,8 +48,7 @@ fn info_shows_metadata_and_shapes() {
 
 #[test]
 fn predict_files_dirs_and_globs() {
-    let d = tempdir();
-    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
+    let (d, m) = with_model();
     let imgs = d.path().join("imgs");
     save(&color_image(20, 12, RED, 1), &imgs.join("a_red.png"));
     save(&color_image(8, 8, BLUE, 2), &imgs.join("b_blue.jpg"));
@@ -105,22 +110,10 @@ fn nhwc_logits_and_fixed_batch_models_agree() {
     )
     .ok();
     let variants = [
-        TinyModel {
-            layout: Layout::Nhwc,
-            ..Default::default()
-        },
-        TinyModel {
-            softmax: false,
-            ..Default::default()
-        },
-        TinyModel {
-            batch: Some(1),
-            ..Default::default()
-        },
-        TinyModel {
-            batch: Some(2),
-            ..Default::default()
-        },
+        TinyModel::default().nhwc(),
+        TinyModel::default().logits(),
+        TinyModel::default().fixed_batch(1),
+        TinyModel::default().fixed_batch(2),
     ];
     for (i, v) in variants.iter().enumerate() {
         let m = color_model_file(d.path(), &format!("v{i}.onnx"), v);
@@ -219,11 +212,9 @@ fn eval_reports_metrics_and_skips_bad_files() {
 
 #[test]
 fn awkward_but_valid_images_are_scored() {
-    let d = tempdir();
-    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
+    let (d, m) = with_model();
     let dir = d.path().join("imgs");
-    fs::create_dir_all(&dir).unwrap();
-    // 1x1 image.
+    // 1x1 image (`save` makes the folder).
     save(&color_image(1, 1, RED, 0), &dir.join("one.png"));
     // 16-bit PNG.
     let img16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(5, 4, |_, _| {
@@ -341,8 +332,7 @@ fn bad_models_fail_with_one_line_naming_the_file() {
 
 #[test]
 fn bad_folders_fail_clearly() {
-    let d = tempdir();
-    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
+    let (d, m) = with_model();
     let empty = d.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
     fennec!("eval", m, empty).fails(1, &["empty", "no class folders"]);
@@ -361,15 +351,7 @@ fn bad_folders_fail_clearly() {
 #[test]
 fn model_without_metadata_needs_and_takes_labels() {
     let d = tempdir();
-    let m = color_model_file(
-        d.path(),
-        "bare.onnx",
-        &TinyModel {
-            metadata: false,
-            size: 8,
-            ..Default::default()
-        },
-    );
+    let m = color_model_file(d.path(), "bare.onnx", &TinyModel::default().bare());
     let img = d.path().join("x.png");
     save(&color_image(8, 8, GREEN, 0), &img);
     let out = fennec!("predict", m, img, "--json")
@@ -401,8 +383,7 @@ fn model_without_metadata_needs_and_takes_labels() {
 
 #[test]
 fn bench_reports_percentiles() {
-    let d = tempdir();
-    let m = color_model_file(d.path(), "m.onnx", &TinyModel::default());
+    let (_d, m) = with_model();
     let v: Value = serde_json::from_str(
         &fennec!(
             "bench",

@@ -14,6 +14,7 @@ use fennec_e2e::{
 use predicates::prelude::*;
 use predicates::str::contains;
 use serde_json::Value;
+use tempfile::TempDir;
 
 /// `root/{train,validation,test}/{blue,green,red}/*` with `n` images per class.
 fn data(root: &Path, n: u32) -> PathBuf {
@@ -22,6 +23,15 @@ fn data(root: &Path, n: u32) -> PathBuf {
         color_folders(&d.join(split), n);
     }
     d
+}
+
+/// A temporary folder holding `data/` ([`data`], `n` images per class) and the tiny
+/// fixture config, with `edits` applied, as `<name>`: (folder, data, config).
+fn setup(n: u32, name: &str, edits: &[(&str, &str)]) -> (TempDir, PathBuf, PathBuf) {
+    let dir = fennec_e2e::tempdir();
+    let d = data(dir.path(), n);
+    let cfg = config(dir.path(), name, &fixture_with("tiny.yaml", edits));
+    (dir, d, cfg)
 }
 
 fn json(path: &Path) -> Value {
@@ -82,9 +92,7 @@ fn weights(run: &Path, epoch: usize) -> String {
 
 #[test]
 fn fit_writes_a_complete_run_and_evaluate_reads_it() {
-    let dir = fennec_e2e::tempdir();
-    let d = data(dir.path(), 6);
-    let cfg = config(dir.path(), "tiny.yaml", &fixture("tiny.yaml"));
+    let (dir, d, cfg) = setup(6, "tiny.yaml", &[]);
     let run = dir.path().join("run");
     fennec_train!("fit", cfg, "--data", d, "--out", run, "--threads", "1")
         .success()
@@ -154,9 +162,7 @@ fn fit_writes_a_complete_run_and_evaluate_reads_it() {
 
 #[test]
 fn resume_gives_the_same_weights_and_history_as_an_uninterrupted_run() {
-    let dir = fennec_e2e::tempdir();
-    let d = data(dir.path(), 6);
-    let cfg = config(dir.path(), "tiny.yaml", &fixture("tiny.yaml"));
+    let (dir, d, cfg) = setup(6, "tiny.yaml", &[]);
     let (straight, resumed) = (dir.path().join("straight"), dir.path().join("resumed"));
     fennec_train!(
         "fit",
@@ -221,17 +227,9 @@ fn resume_gives_the_same_weights_and_history_as_an_uninterrupted_run() {
 
 #[test]
 fn early_stopping_stops_and_exports_the_best_epoch() {
-    let dir = fennec_e2e::tempdir();
-    let d = data(dir.path(), 4);
     // min_delta so large that no epoch after the first counts as an improvement.
-    let yaml = fixture_with(
-        "tiny.yaml",
-        &[(
-            "epochs: 3",
-            "epochs: 20\n  early_stopping: {patience: 2, min_delta: 100.0}",
-        )],
-    );
-    let cfg = config(dir.path(), "es.yaml", &yaml);
+    let stop_early = "epochs: 20\n  early_stopping: {patience: 2, min_delta: 100.0}";
+    let (dir, d, cfg) = setup(4, "es.yaml", &[("epochs: 3", stop_early)]);
     let run = dir.path().join("run");
     fennec_train!("fit", cfg, "--data", d, "--out", run, "--threads", "1")
         .success()
@@ -250,13 +248,7 @@ fn early_stopping_stops_and_exports_the_best_epoch() {
 
 #[test]
 fn ctrl_c_stops_keeps_the_last_checkpoint_and_resume_continues() {
-    let dir = fennec_e2e::tempdir();
-    let d = data(dir.path(), 6);
-    let cfg = config(
-        dir.path(),
-        "long.yaml",
-        &fixture_with("tiny.yaml", &[("epochs: 3", "epochs: 100000")]),
-    );
+    let (dir, d, cfg) = setup(6, "long.yaml", &[("epochs: 3", "epochs: 100000")]);
     let run = dir.path().join("run");
     let mut child = Command::new(bin("fennec-train"))
         .args([
@@ -331,9 +323,7 @@ fn ctrl_c_stops_keeps_the_last_checkpoint_and_resume_continues() {
 
 #[test]
 fn bad_data_folders_are_one_line_errors() {
-    let dir = fennec_e2e::tempdir();
-    let cfg = config(dir.path(), "tiny.yaml", &fixture("tiny.yaml"));
-    let d = data(dir.path(), 2);
+    let (dir, d, cfg) = setup(2, "tiny.yaml", &[]);
     let out = |name: &str| dir.path().join(name);
 
     fennec_train!("fit", cfg, "--data", out("nowhere"), "--out", out("r1"))
@@ -443,15 +433,9 @@ fn bad_configs_devices_and_run_dirs_are_one_line_errors() {
 /// and the run can be resumed afterwards.
 #[test]
 fn disk_full_during_a_checkpoint_keeps_the_earlier_one() {
-    let dir = fennec_e2e::tempdir();
-    let d = data(dir.path(), 3);
     // A dense layer big enough that the model file (~10 kB) is over the limit below
     // while the JSON files (~3 kB) are not.
-    let cfg = config(
-        dir.path(),
-        "tiny.yaml",
-        &fixture_with("tiny.yaml", &[("units: 8", "units: 64")]),
-    );
+    let (dir, d, cfg) = setup(3, "tiny.yaml", &[("units: 8", "units: 64")]);
     let run = dir.path().join("run");
     fennec_train!(
         "fit",

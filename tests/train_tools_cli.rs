@@ -2,11 +2,13 @@
 //! generated folders: real binaries, real files.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
+use assert_cmd::assert::Assert;
 use fennec_e2e::{
-    BLUE, GREEN, Outcome, RED, color_folders, color_image, config, fennec_train, fixture, save,
-    tempdir,
+    BLUE, GREEN, Outcome, RED, bin, color_folders, color_image, config, fennec_train, fixture,
+    save, tempdir,
 };
 use predicates::prelude::*;
 use predicates::str::contains;
@@ -281,6 +283,22 @@ fn split_bad_inputs() {
     }
 }
 
+/// `fennec-train preview CONFIG --data DATA -o PNG EXTRA...`
+fn preview(config: &Path, data: &Path, png: &Path, extra: &[&str]) -> Assert {
+    let mut args = vec![
+        OsStr::new("preview"),
+        config.as_os_str(),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("-o"),
+        png.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    assert_cmd::Command::new(bin("fennec-train"))
+        .args(args)
+        .assert()
+}
+
 #[test]
 fn preview_draws_a_labelled_grid() {
     let dir = tempdir();
@@ -291,10 +309,8 @@ fn preview_draws_a_labelled_grid() {
     let png = dir.path().join("out/preview.png");
     std::fs::create_dir_all(png.parent().unwrap()).unwrap();
 
-    let run = fennec_train!(
-        "preview", config, "--data", data, "-o", png, "--json", "--seed", "5"
-    );
-    let report: serde_json::Value = serde_json::from_str(&run.ok()).unwrap();
+    let out = preview(&config, &data, &png, &["--json", "--seed", "5"]).ok();
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     // Batch size 6 by default; 16x16 inputs are shown 6x larger (96 px): a 3x2 grid
     // of 96x96 tiles with 22 px label bands and 8 px gaps.
     let img = image::open(&png).unwrap().to_rgb8();
@@ -327,43 +343,18 @@ fn preview_draws_a_labelled_grid() {
     }
     // Same seed, same picture.
     let png2 = dir.path().join("again.png");
-    fennec_train!("preview", config, "--data", data, "-o", png2, "--seed", "5").ok();
+    preview(&config, &data, &png2, &["--seed", "5"]).ok();
     assert_eq!(std::fs::read(&png).unwrap(), std::fs::read(&png2).unwrap());
 
     // Human output, explicit count, no augmentation.
-    fennec_train!(
-        "preview",
-        config,
-        "--data",
-        data,
-        "-o",
-        png2,
-        "--count",
-        "2",
-        "--no-augment"
-    )
-    .success()
-    .stdout(contains("2 images").and(contains("augmentation off")));
+    preview(&config, &data, &png2, &["--count", "2", "--no-augment"])
+        .success()
+        .stdout(contains("2 images").and(contains("augmentation off")));
     assert_eq!(image::open(&png2).unwrap().width(), 8 + 2 * (96 + 8));
 
     // Bad inputs name the file.
     fennec_train!("preview", dir.path().join("none.yaml"), "--data", data).fails(1, &["none.yaml"]);
-    fennec_train!(
-        "preview",
-        config,
-        "--data",
-        dir.path().join("nodata"),
-        "-o",
-        png2
-    )
-    .fails(1, &["nodata"]);
-    fennec_train!(
-        "preview",
-        config,
-        "--data",
-        data,
-        "-o",
-        dir.path().join("no/dir/p.png")
-    )
-    .fails(1, &["no/dir/p.png"]);
+    preview(&config, &dir.path().join("nodata"), &png2, &[]).fails(1, &["nodata"]);
+    let nowhere = dir.path().join("no/dir/p.png");
+    preview(&config, &data, &nowhere, &[]).fails(1, &["no/dir/p.png"]);
 }

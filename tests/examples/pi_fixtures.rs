@@ -22,10 +22,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
-use fennec_e2e::{COLORS, TinyModel, color_folders, color_image, color_model, save};
+use fennec_e2e::{
+    COLORS, TinyModel, color_folders, color_image, color_model, pool_and_flatten, save,
+};
 use fennec_runtime::metadata::ModelMetadata;
 use fennec_runtime::onnx::{Attr, GraphBuilder};
-use fennec_runtime::{ColorMode, Layout, Preprocess, ResizeFilter};
+use fennec_runtime::{ColorMode, Preprocess, ResizeFilter};
 use image::{Rgb, RgbImage};
 use serde_json::Value;
 
@@ -60,11 +62,7 @@ fn write(dir: &Path) -> Result<()> {
     let cnn = dir.join("cnn.onnx");
     std::fs::write(&cnn, cnn_model()).with_context(|| io(&cnn))?;
     let color = dir.join("color_nhwc.onnx");
-    let tiny = TinyModel {
-        layout: Layout::Nhwc,
-        softmax: false,
-        ..Default::default()
-    };
+    let tiny = TinyModel::default().nhwc().logits();
     std::fs::write(&color, color_model(&tiny)).with_context(|| io(&color))?;
 
     // The committed golden images: real encoder output from Pillow, odd formats included.
@@ -166,8 +164,7 @@ fn cnn_model() -> Vec<u8> {
         None,
     );
     let x = conv(&mut g, &x, 8, 16, 2);
-    let x = g.node("GlobalAveragePool", &[&x], vec![], None);
-    let x = g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], None);
+    let x = pool_and_flatten(&mut g, &x, None);
     let w = g.weight("fc_w", &[16, 3], &weights(48, 3, 1.5));
     let b = g.weight("fc_b", &[3], &[0.1, -0.2, 0.05]);
     let x = g.node("Gemm", &[&x, &w, &b], vec![], None);

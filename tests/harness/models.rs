@@ -23,6 +23,37 @@ pub struct TinyModel {
     pub size: i64,
 }
 
+impl TinyModel {
+    /// NHWC input (the graph transposes it first).
+    pub fn nhwc(self) -> Self {
+        TinyModel {
+            layout: Layout::Nhwc,
+            ..self
+        }
+    }
+    /// Raw logits: no final Softmax.
+    pub fn logits(self) -> Self {
+        TinyModel {
+            softmax: false,
+            ..self
+        }
+    }
+    /// A fixed batch size instead of a dynamic one.
+    pub fn fixed_batch(self, n: i64) -> Self {
+        TinyModel {
+            batch: Some(n),
+            ..self
+        }
+    }
+    /// No fennec metadata (labels, preprocessing).
+    pub fn bare(self) -> Self {
+        TinyModel {
+            metadata: false,
+            ..self
+        }
+    }
+}
+
 impl Default for TinyModel {
     fn default() -> Self {
         TinyModel {
@@ -56,8 +87,7 @@ pub fn color_model(o: &TinyModel) -> Vec<u8> {
             );
         }
     }
-    let pooled = g.node("GlobalAveragePool", &[&x], vec![], None);
-    let flat = g.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))], None);
+    let flat = pool_and_flatten(&mut g, &x, None);
     // Class order blue, green, red: logits = 20 * (channel mean) - 10 * (sum of means).
     let w = g.weight(
         "w",
@@ -113,4 +143,11 @@ pub fn color_model_file(dir: &Path, name: &str, o: &TinyModel) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, color_model(o)).unwrap();
     path
+}
+
+/// GlobalAveragePool then Flatten (axis 1) of `x`: the head of a classifier;
+/// the Flatten's output is named `out` if given. Returns its name.
+pub fn pool_and_flatten(g: &mut GraphBuilder, x: &str, out: Option<&str>) -> String {
+    let pooled = g.node("GlobalAveragePool", &[x], vec![], None);
+    g.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))], out)
 }
