@@ -10,6 +10,9 @@
 //!   `fennec-train` command, and then it runs and must exit 0;
 //! - the README's example config is a valid config.
 
+// Links stand in for the checkout and the binaries: Unix only, as the suite runs.
+#![cfg(unix)]
+
 use std::path::{Path, PathBuf};
 
 use fennec_e2e::{Outcome, bin, config, fennec, fennec_train, repo_root, tempdir};
