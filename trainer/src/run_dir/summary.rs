@@ -108,6 +108,11 @@ impl SummaryWriter {
         &self.facts
     }
 
+    /// When this invocation of `fit` began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The summary after `state.epoch`, ended (so far) as `outcome`.
     pub fn write(&self, state: &TrainState, outcome: Outcome) -> Result<(), WriteError> {
         let f = &self.facts;

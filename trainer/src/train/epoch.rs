@@ -58,7 +58,6 @@ impl<'a> Epochs<'a> {
         data: DataSet,
         loader: Arc<Loader>,
         summary: SummaryWriter,
-        started: Instant,
     ) -> Result<Epochs<'a>, TrainError> {
         let t = &opts.config.training;
         let Optimizer::Adam(a) = &t.optimizer;
@@ -114,8 +113,8 @@ impl<'a> Epochs<'a> {
             net: Some(net),
             optim,
             state,
+            started: summary.started(),
             summary,
-            started,
             epochs_this_run: 0,
         })
     }

@@ -191,8 +191,7 @@ pub fn fit(opts: &FitOptions, obs: &dyn Observer) -> Result<FitReport, TrainErro
         started,
         opts.resume,
     );
-    let mut epochs =
-        epoch::Epochs::start(opts, obs, &plan, resumed, data, loader, summary, started)?;
+    let epochs = epoch::Epochs::start(opts, obs, &plan, resumed, data, loader, summary)?;
     epochs.summary.write(&epochs.state, Outcome::Finished)?;
     if epochs.state.stopped_early {
         return Ok(epochs.finished(0));
