@@ -6,20 +6,9 @@ use burn::tensor::Device;
 
 /// The devices `--device` accepts, spelled `cpu`, `cuda`, `wgpu` there, in JSON and
 /// in summaries.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantNames,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::Display, strum::EnumString, strum::IntoStaticStr, strum::VariantNames)]
 #[strum(serialize_all = "lowercase")]
 pub enum Kind {
     /// burn's flex backend on the CPU (multi-threaded, see `--threads`).

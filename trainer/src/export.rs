@@ -48,19 +48,9 @@ pub const OUTPUT: &str = "probabilities";
 
 /// Storage precision of the exported weights. Inputs, outputs and arithmetic stay float32.
 /// Spelled `f32` / `f16` in JSON, on the command line and in messages.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    strum::Display,
-    strum::EnumString,
-    strum::VariantNames,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::Display, strum::EnumString, strum::VariantNames)]
 #[strum(serialize_all = "lowercase")]
 pub enum Precision {
     /// Weights as float32: the exported model computes what burn computes.
