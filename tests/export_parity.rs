@@ -22,7 +22,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use fennec_runtime::{Classifier, LoadOptions};
-use fennec_train::config::{Config, Input, Plan};
+use fennec_train::config::{Config, Plan};
 use fennec_train::export::{self, Precision};
 use fennec_train::model::Net;
 
@@ -52,11 +52,7 @@ fn repo_config(name: &str, size: usize) -> Config {
         .join("configs")
         .join(format!("{name}.yaml"));
     let mut c = Config::load(&path).unwrap();
-    c.input = Input {
-        height: size,
-        width: size,
-        ..c.input
-    };
+    (c.preprocess.height, c.preprocess.width) = (size as u32, size as u32);
     c
 }
 

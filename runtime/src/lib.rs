@@ -14,6 +14,7 @@
 //! - [`pipeline`]: parallel decoding overlapped with batched inference.
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
 //! - [`atomic`]: files written whole or not at all.
+//! - [`progress`]: the one progress-bar look of both binaries.
 //! - [`onnx`]: writing ONNX files (used by the trainer's exporter and test fixtures;
 //!   feature `onnx`, on by default).
 
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod onnx;
 pub mod pipeline;
 pub mod preprocess;
+pub mod progress;
 
 pub use classifier::{Classifier, LoadOptions, ModelInfo, OutputKind, Source};
 pub use decode::DecodeLimits;

@@ -7,13 +7,13 @@
 //! - Pixels come only from the shared [`Preprocess`] contract: [`decode_file`], then
 //!   [`Preprocess::pixels`] (colour + geometry), then [`Preprocess::normalize`], so the
 //!   runtime sees exactly what the trainer saw.
-//! - [`Split::check`] decodes every file once, in parallel, before training: corrupt
+//! - [`LabelledFolder::check`] decodes every file once, in parallel, before training: corrupt
 //!   files are reported and dropped (or rejected with `--strict`), and the same pass
 //!   fills an in-memory cache of the decoded `u8` pixels when wanted.
 //! - [`BatchStream`] produces batches on a background thread (parallel decode or cache
 //!   copy, augmentation, normalisation), at most [`PREFETCH`] batches ahead.
-//! - Epoch order and augmentation seeds are pure functions of (seed, epoch, index), so
-//!   epoch k is the same whether or not the run was resumed.
+//! - Epoch order and augmentation seeds come from [`crate::seeds`], pure functions of
+//!   (seed, epoch, index), so epoch k is the same whether or not the run was resumed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,18 +25,35 @@ use fennec_runtime::decode::{DecodeLimits, decode_file};
 use fennec_runtime::error::ImageError;
 use fennec_runtime::folder::{Skipped, scan_class_folders};
 use fennec_runtime::preprocess::Preprocess;
-use rand::rngs::Xoshiro256PlusPlus;
-use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
+
+use crate::seeds::image_seed;
 
 /// Batches decoded ahead of the one being trained on.
 pub const PREFETCH: usize = 2;
 
-/// The split folders under a data directory.
-pub const TRAIN: &str = "train";
-pub const VALIDATION: &str = "validation";
-pub const TEST: &str = "test";
+/// The split folders of a data directory (Keras' names), in the order `split` fills
+/// and prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subset {
+    Train,
+    Validation,
+    Test,
+}
+
+impl Subset {
+    pub const ALL: [Subset; 3] = [Subset::Train, Subset::Validation, Subset::Test];
+
+    /// The folder name: `train`, `validation` or `test`.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Subset::Train => "train",
+            Subset::Validation => "validation",
+            Subset::Test => "test",
+        }
+    }
+}
 
 /// Problems with a data directory. Each names the folder it is about.
 #[derive(Debug, thiserror::Error)]
@@ -81,14 +98,14 @@ pub struct Example {
     pub label: usize,
 }
 
-/// One split of a data directory (`train`, `validation`, `test`) or a folder given
-/// to `evaluate`.
+/// A labelled `<root>/<class>/*` folder: one split of a data directory (`train`,
+/// `validation`, `test`) or a folder given to `evaluate`.
 #[derive(Debug)]
-pub struct Split {
+pub struct LabelledFolder {
     pub name: String,
     pub root: PathBuf,
     pub classes: Vec<String>,
-    /// Usable examples: after [`Split::check`], only the files that decoded.
+    /// Usable examples: after [`LabelledFolder::check`], only the files that decoded.
     pub examples: Vec<Example>,
     /// Files left out, with the reason: no image extension, unreadable folder (from
     /// the scan), or failed to decode (from the check).
@@ -97,9 +114,9 @@ pub struct Split {
     cache: Option<Vec<u8>>,
 }
 
-impl Split {
+impl LabelledFolder {
     /// Scans `root/<class>/*`. Requires at least two classes.
-    pub fn scan(name: &str, root: &Path) -> Result<Split, DataError> {
+    pub fn scan(name: &str, root: &Path) -> Result<LabelledFolder, DataError> {
         let folders = scan_class_folders(root).map_err(|e| match e {
             fennec_runtime::Error::Folder { path, reason } => DataError::Folder { path, reason },
             other => DataError::Folder {
@@ -119,7 +136,7 @@ impl Split {
             .into_iter()
             .map(|(path, label)| Example { path, label })
             .collect();
-        Ok(Split {
+        Ok(LabelledFolder {
             name: name.to_string(),
             root: root.to_path_buf(),
             classes: folders.classes,
@@ -315,9 +332,9 @@ impl Loader {
 pub struct DataSet {
     pub root: PathBuf,
     pub classes: Vec<String>,
-    pub train: Split,
-    pub validation: Split,
-    pub test: Option<Split>,
+    pub train: LabelledFolder,
+    pub validation: LabelledFolder,
+    pub test: Option<LabelledFolder>,
 }
 
 impl DataSet {
@@ -330,7 +347,8 @@ impl DataSet {
                 path: root.to_path_buf(),
             });
         }
-        let split = |name: &'static str| {
+        let split = |subset: Subset| {
+            let name = subset.dir_name();
             let dir = root.join(name);
             if !dir.exists() {
                 return Err(DataError::MissingSplit {
@@ -338,14 +356,14 @@ impl DataSet {
                     split: name,
                 });
             }
-            Split::scan(name, &dir)
+            LabelledFolder::scan(name, &dir)
         };
-        let train = split(TRAIN)?;
+        let train = split(Subset::Train)?;
         train.require_no_empty_class()?;
-        let validation = split(VALIDATION)?;
+        let validation = split(Subset::Validation)?;
         validation.require_classes(&train.classes, &train.root)?;
-        let test = if root.join(TEST).exists() {
-            let test = split(TEST)?;
+        let test = if root.join(Subset::Test.dir_name()).exists() {
+            let test = split(Subset::Test)?;
             test.require_classes(&train.classes, &train.root)?;
             Some(test)
         } else {
@@ -371,47 +389,6 @@ pub fn cache_budget() -> u64 {
     let ram = sys.total_memory();
     let quarter = if ram == 0 { 1 << 30 } else { ram / 4 };
     quarter.min(4 << 30)
-}
-
-/// Order of the examples in `epoch` (1-based): a Fisher–Yates shuffle driven by
-/// Xoshiro256++ seeded from (seed, epoch) only, so it does not depend on earlier
-/// epochs; `0..n` when `shuffle` is off.
-pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if shuffle {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(&[seed, 0x5348_5546, epoch as u64]));
-        for i in (1..n).rev() {
-            // Multiply-shift to [0, i]: bias below 2^-40 for any realistic n.
-            let j = ((rng.next_u64() as u128 * (i as u128 + 1)) >> 64) as usize;
-            order.swap(i, j);
-        }
-    }
-    order
-}
-
-/// Seed of the augmentation of example `index` in `epoch`.
-pub fn image_seed(seed: u64, epoch: usize, index: usize) -> u64 {
-    mix(&[seed, 0x4155_4745, epoch as u64, index as u64])
-}
-
-/// Seed of burn's RNG (dropout masks) at the start of `epoch`; epoch 0 is the
-/// weight initialisation.
-pub fn burn_seed(seed: u64, epoch: usize) -> u64 {
-    mix(&[seed, 0x4255_524e, epoch as u64])
-}
-
-/// SplitMix64 over a list of words: a well-spread 64-bit seed from small numbers.
-fn mix(words: &[u64]) -> u64 {
-    let mut h = 0x9E37_79B9_7F4A_7C15u64;
-    for &w in words {
-        h ^= w;
-        h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = h;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h = z ^ (z >> 31);
-    }
-    h
 }
 
 /// One batch: images `[len, c, h, w]` flattened (NCHW), labels, and the example
@@ -442,7 +419,7 @@ impl BatchStream {
     /// Starts producing batches of `order` (indices into `split.examples`), `batch`
     /// at a time (the last one smaller unless `drop_last`).
     pub fn start(
-        split: Arc<Split>,
+        split: Arc<LabelledFolder>,
         loader: Arc<Loader>,
         order: Vec<usize>,
         batch: usize,
@@ -518,7 +495,7 @@ impl Drop for BatchStream {
 
 /// Per-split summary for `summary.json` and the console.
 #[derive(Debug, Clone, Serialize)]
-pub struct SplitSummary {
+pub struct FolderSummary {
     pub root: PathBuf,
     pub images: usize,
     /// Usable images per class name.
@@ -527,9 +504,9 @@ pub struct SplitSummary {
     pub cached: bool,
 }
 
-impl Split {
-    pub fn summary(&self) -> SplitSummary {
-        SplitSummary {
+impl LabelledFolder {
+    pub fn summary(&self) -> FolderSummary {
+        FolderSummary {
             root: self.root.clone(),
             images: self.examples.len(),
             per_class: self.classes.iter().cloned().zip(self.counts()).collect(),
@@ -542,6 +519,7 @@ impl Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seeds::epoch_order;
     use fennec_runtime::preprocess::ColorMode;
     use image::{Rgb, RgbImage};
 
@@ -562,19 +540,6 @@ mod tests {
                 image(&root.join(split), "b", &format!("{i}.png"), [10, 10, 200]);
             }
         }
-    }
-
-    #[test]
-    fn order_is_a_seeded_permutation_independent_of_history() {
-        let a = epoch_order(100, 42, 3, true);
-        let mut sorted = a.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-        assert_eq!(a, epoch_order(100, 42, 3, true));
-        assert_ne!(a, epoch_order(100, 42, 4, true));
-        assert_ne!(a, epoch_order(100, 43, 3, true));
-        assert_eq!(epoch_order(5, 42, 1, false), vec![0, 1, 2, 3, 4]);
-        assert_ne!(image_seed(1, 1, 2), image_seed(1, 2, 1));
     }
 
     #[test]
@@ -612,7 +577,7 @@ mod tests {
         let root = dir.path();
         dataset(root);
         std::fs::write(root.join("train/a/bad.png"), b"not a png at all").unwrap();
-        let mut split = Split::scan("train", &root.join("train")).unwrap();
+        let mut split = LabelledFolder::scan("train", &root.join("train")).unwrap();
         assert_eq!(split.examples.len(), 7);
         let loader = Arc::new(Loader::new(Preprocess::keras(4, 4, ColorMode::Rgb)));
         let stop = AtomicBool::new(false);
@@ -623,7 +588,7 @@ mod tests {
         assert!(split.is_cached());
 
         // Batches equal the runtime's Preprocess::load on the same files, cached or not.
-        let mut uncached = Split::scan("train", &root.join("train")).unwrap();
+        let mut uncached = LabelledFolder::scan("train", &root.join("train")).unwrap();
         uncached.check(&loader, false, &|_| {}, &stop).unwrap();
         assert!(!uncached.is_cached());
         let order = epoch_order(6, 7, 1, true);
@@ -648,7 +613,7 @@ mod tests {
     fn augmentation_is_seeded_per_image_and_drop_last() {
         let dir = tempfile::tempdir().unwrap();
         dataset(dir.path());
-        let mut split = Split::scan("train", &dir.path().join("train")).unwrap();
+        let mut split = LabelledFolder::scan("train", &dir.path().join("train")).unwrap();
         let loader = Arc::new(Loader::new(Preprocess::keras(4, 4, ColorMode::Rgb)));
         split
             .check(&loader, true, &|_| {}, &AtomicBool::new(false))

@@ -4,9 +4,12 @@
 
 use burn::tensor::Device;
 
-/// The devices `--device` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// The devices `--device` accepts, spelled `cpu`, `cuda`, `wgpu` there, in JSON and
+/// in summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[derive(strum::Display, strum::EnumString, strum::IntoStaticStr, strum::VariantNames)]
+#[strum(serialize_all = "lowercase")]
 pub enum Kind {
     /// burn's flex backend on the CPU (multi-threaded, see `--threads`).
     #[default]
@@ -46,11 +49,7 @@ pub fn init_threads(threads: Option<usize>) -> Result<usize, DeviceError> {
 
 impl Kind {
     pub fn name(self) -> &'static str {
-        match self {
-            Kind::Cpu => "cpu",
-            Kind::Cuda => "cuda",
-            Kind::Wgpu => "wgpu",
-        }
+        self.into()
     }
 
     /// The value of `BURN_DEVICE` that makes burn's own default device this one.
@@ -91,6 +90,14 @@ impl Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_cli_spelling() {
+        use strum::VariantNames;
+        assert_eq!(Kind::VARIANTS, ["cpu", "cuda", "wgpu"]);
+        assert_eq!("wgpu".parse::<Kind>(), Ok(Kind::Wgpu));
+        assert_eq!(Kind::Cuda.name(), "cuda");
+    }
 
     #[test]
     fn cpu_always_and_gpu_only_with_its_feature() {

@@ -35,9 +35,11 @@ use fennec_runtime::onnx::{Attr, FLOAT, GraphBuilder};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{CheckpointError, Run, SUMMARY_FILE, Which};
 use crate::config::{Activation, Config, LayerSpec, Plan, Shape};
 use crate::model::{Layer, Net};
+use crate::output::{WriteError, write_file};
+use crate::run_dir::summary::read_summary;
+use crate::run_dir::{RunDir, RunDirError, Which};
 
 /// Name of the model's image input, `[N, C, H, W]` float32.
 pub const INPUT: &str = "image";
@@ -45,23 +47,17 @@ pub const INPUT: &str = "image";
 pub const OUTPUT: &str = "probabilities";
 
 /// Storage precision of the exported weights. Inputs, outputs and arithmetic stay float32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+/// Spelled `f32` / `f16` in JSON, on the command line and in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[derive(strum::Display, strum::EnumString, strum::VariantNames)]
+#[strum(serialize_all = "lowercase")]
 pub enum Precision {
     /// Weights as float32: the exported model computes what burn computes.
     #[default]
     F32,
     /// Weights rounded to float16 (half the file size), cast back to float32 on load.
     F16,
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-        })
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +70,10 @@ pub enum ExportError {
     Metadata(String),
     #[error("cannot read the weights of {layer}: {reason}")]
     Weights { layer: String, reason: String },
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
 }
 
 /// What an export wrote.
@@ -105,7 +98,7 @@ pub struct ExportReport {
 pub fn metadata(config: &Config, labels: &[String], training: serde_json::Value) -> ModelMetadata {
     ModelMetadata {
         labels: Some(labels.to_vec()),
-        preprocess: Some(config.preprocess()),
+        preprocess: Some(config.preprocess.clone()),
         model_name: Some(config.name.clone()),
         training: Some(training),
         fennec_version: Some(fennec_runtime::VERSION.into()),
@@ -147,8 +140,7 @@ fn weights_hash(g: &GraphBuilder) -> String {
     for w in g.weights() {
         h.update(w);
     }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{:x}", h.finalize())
 }
 
 /// Adds float weights in the chosen precision; f16 weights get a `Cast` back to float.
@@ -390,10 +382,7 @@ pub fn write_onnx(
     out: &Path,
 ) -> Result<ExportReport, ExportError> {
     let (bytes, parameters, metadata) = encode(plan, net, metadata, precision)?;
-    fennec_runtime::atomic::write_bytes_atomic(out, &bytes).map_err(|source| ExportError::Io {
-        path: out.into(),
-        source,
-    })?;
+    write_file(out, &bytes)?;
     let weights_hash = metadata.weights_hash.clone().unwrap_or_default();
     Ok(ExportReport {
         path: out.into(),
@@ -414,7 +403,7 @@ pub fn export_run(
     out: &Path,
     precision: Precision,
 ) -> Result<ExportReport, ExportError> {
-    let run = Run::open(run_dir)?;
+    let run = RunDir::open(run_dir)?;
     let (net, record) = run.load_net(which, &export_device())?;
     let training = training_summary(&run, which, record.epoch)?;
     let md = metadata(&run.config, &run.classes, training);
@@ -426,7 +415,7 @@ pub fn export_run(
 /// The `fennec.training` JSON of a run's checkpoint: which epoch, its metrics, how
 /// long the run trained, the data it saw and how.
 fn training_summary(
-    run: &Run,
+    run: &RunDir,
     which: Which,
     epoch: usize,
 ) -> Result<serde_json::Value, ExportError> {
@@ -454,13 +443,7 @@ fn training_summary(
         "trained_with": state.fennec_version,
     });
     // Dataset sizes from summary.json, when fit has written it.
-    let path = run.dir.join(SUMMARY_FILE);
-    if let Ok(bytes) = std::fs::read(&path) {
-        let summary: Value =
-            serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+    if let Some(summary) = read_summary(&run.dir)? {
         let images = |split: &str| summary["data"][split]["images"].as_u64();
         t["dataset"] = json!({
             "train": images("train"),
@@ -562,6 +545,15 @@ layers:
         assert_eq!(pads(3), [0, 0, 1, 1]);
         assert_eq!(pads(4), [0, 0, 1, 1]);
         assert_eq!(pads(0), [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn precision_names_are_the_cli_spelling() {
+        use strum::VariantNames;
+        assert_eq!(Precision::VARIANTS, ["f32", "f16"]);
+        assert_eq!("f16".parse::<Precision>(), Ok(Precision::F16));
+        assert_eq!(Precision::F32.to_string(), "f32");
+        assert_eq!(serde_json::json!(Precision::F16), "f16");
     }
 
     #[test]

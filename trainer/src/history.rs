@@ -1,10 +1,7 @@
-//! Per-epoch training history: what `fit` records and writes into the run
-//! directory as `history.json` and `history.csv` (and plots as `history.png`).
+//! Per-epoch training history: what `fit` records after every epoch, kept in the
+//! checkpoint state and written by the run directory as `history.json` and
+//! `history.csv` (and plotted as `history.png`).
 
-use std::io::Write;
-use std::path::Path;
-
-use fennec_runtime::atomic::write_atomic;
 use serde::{Deserialize, Serialize};
 
 /// One finished epoch. Accuracies are categorical (argmax equals the label);
@@ -26,39 +23,13 @@ pub struct EpochRecord {
     pub learning_rate: f64,
 }
 
-const CSV_HEADER: &str = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_binary_accuracy,train_seconds,images_per_second,learning_rate";
-
-/// Writes `history.json` and `history.csv` in `dir`, each atomically.
-pub fn write_history(dir: &Path, history: &[EpochRecord]) -> std::io::Result<()> {
-    write_atomic(&dir.join("history.json"), |w| {
-        serde_json::to_writer_pretty(&mut *w, history)?;
-        writeln!(w)
-    })?;
-    write_atomic(&dir.join("history.csv"), |w| {
-        writeln!(w, "{CSV_HEADER}")?;
-        for r in history {
-            writeln!(
-                w,
-                "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.2},{}",
-                r.epoch,
-                r.train_loss,
-                r.train_accuracy,
-                r.val_loss,
-                r.val_accuracy,
-                r.val_binary_accuracy,
-                r.train_seconds,
-                r.images_per_second,
-                r.learning_rate
-            )?;
-        }
-        Ok(())
-    })
-}
-
-/// Reads `history.json` from a run directory.
-pub fn read_history(dir: &Path) -> std::io::Result<Vec<EpochRecord>> {
-    let bytes = std::fs::read(dir.join("history.json"))?;
-    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+/// `history.csv`: a header of the field names, then one row per epoch.
+pub fn to_csv(history: &[EpochRecord]) -> std::io::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in history {
+        w.serialize(r)?;
+    }
+    w.into_inner().map_err(|e| e.into_error())
 }
 
 #[cfg(test)]
@@ -66,8 +37,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_csv() {
-        let dir = tempfile::tempdir().unwrap();
+    fn csv_has_a_header_and_reads_back() {
         let h = vec![EpochRecord {
             epoch: 1,
             train_loss: 0.5,
@@ -79,15 +49,23 @@ mod tests {
             images_per_second: 42.0,
             learning_rate: 0.001,
         }];
-        write_history(dir.path(), &h).unwrap();
-        assert_eq!(read_history(dir.path()).unwrap(), h);
-        let csv = std::fs::read_to_string(dir.path().join("history.csv")).unwrap();
-        assert_eq!(csv.lines().next().unwrap(), CSV_HEADER);
+        let csv = to_csv(&h).unwrap();
+        let text = String::from_utf8(csv.clone()).unwrap();
+        assert_eq!(
+            text.lines().next().unwrap(),
+            "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_binary_accuracy,\
+             train_seconds,images_per_second,learning_rate"
+        );
         assert!(
-            csv.lines()
+            text.lines()
                 .nth(1)
                 .unwrap()
-                .starts_with("1,0.500000,0.750000,0.250000,0.875000,")
+                .starts_with("1,0.5,0.75,0.25,0.875,")
         );
+        let back: Vec<EpochRecord> = csv::Reader::from_reader(&csv[..])
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, h);
     }
 }

@@ -9,12 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use fennec_runtime::atomic::write_atomic;
 use image::ImageEncoder;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
 use crate::history::EpochRecord;
+use crate::output::{WriteError, write_file};
 
 /// Size of `history.png` in pixels.
 pub const PLOT_SIZE: (u32, u32) = (1200, 480);
@@ -28,11 +28,8 @@ pub enum PlotError {
     Empty { path: PathBuf },
     #[error("{path}: cannot draw the plot: {reason}")]
     Draw { path: PathBuf, reason: String },
-    #[error("{path}: cannot write: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// The embedded font for drawing text with `ab_glyph` directly (previews).
@@ -40,36 +37,34 @@ pub fn label_font() -> ab_glyph::FontRef<'static> {
     ab_glyph::FontRef::try_from_slice(FONT_BYTES).expect("the embedded font parses")
 }
 
-/// Registers the embedded font as plotters' `sans-serif`, once per process.
-fn register_embedded_font() -> Result<(), String> {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        register_font("sans-serif", FontStyle::Normal, FONT_BYTES)
-            .map_err(|_| "the embedded font could not be loaded".to_string())
-    })
-    .clone()
+/// Registers the embedded font as plotters' `sans-serif`, once per process; false
+/// when it could not be loaded.
+fn register_embedded_font() -> bool {
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    *LOADED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT_BYTES).is_ok())
 }
 
-/// Writes `dir/history.png`: two panels (loss, categorical accuracy), each with the
-/// train and validation curves per epoch, axis labels and a legend. Non-finite
-/// values are left out of the curves.
-pub fn plot_history(dir: &Path, history: &[EpochRecord]) -> Result<(), PlotError> {
-    let path = dir.join("history.png");
+/// Writes `path` (a run's `history.png`): two panels (loss, categorical accuracy),
+/// each with the train and validation curves per epoch, axis labels and a legend.
+/// Non-finite values are left out of the curves.
+pub fn plot_history(path: &Path, history: &[EpochRecord]) -> Result<(), PlotError> {
+    let failed = |reason: String| PlotError::Draw {
+        path: path.to_path_buf(),
+        reason,
+    };
     if history.is_empty() {
-        return Err(PlotError::Empty { path });
+        return Err(PlotError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     let (w, h) = PLOT_SIZE;
     let mut buf = vec![0u8; w as usize * h as usize * 3];
-    draw(&mut buf, history).map_err(|reason| PlotError::Draw {
-        path: path.clone(),
-        reason,
-    })?;
-    write_atomic(&path, |out| {
-        image::codecs::png::PngEncoder::new(out)
-            .write_image(&buf, w, h, image::ExtendedColorType::Rgb8)
-            .map_err(std::io::Error::other)
-    })
-    .map_err(|source| PlotError::Io { path, source })
+    draw(&mut buf, history).map_err(|e| failed(e.to_string()))?;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&buf, w, h, image::ExtendedColorType::Rgb8)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(write_file(path, &png)?)
 }
 
 struct Panel<'a> {
@@ -81,8 +76,10 @@ struct Panel<'a> {
     unit: bool,
 }
 
-fn draw(buf: &mut [u8], history: &[EpochRecord]) -> Result<(), String> {
-    register_embedded_font()?;
+fn draw(buf: &mut [u8], history: &[EpochRecord]) -> Result<(), Box<dyn std::error::Error>> {
+    if !register_embedded_font() {
+        return Err("the embedded font could not be loaded".into());
+    }
     let points = |f: fn(&EpochRecord) -> f64| -> Vec<(f64, f64)> {
         history
             .iter()
@@ -113,12 +110,12 @@ fn draw(buf: &mut [u8], history: &[EpochRecord]) -> Result<(), String> {
     let epochs = (last - first) as usize + 1;
 
     let root = BitMapBackend::with_buffer(buf, PLOT_SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    root.fill(&WHITE)?;
     let halves = root.split_evenly((1, 2));
     for (area, panel) in halves.iter().zip(&panels) {
-        draw_panel(area, panel, x_range.clone(), epochs).map_err(|e| e.to_string())?;
+        draw_panel(area, panel, x_range.clone(), epochs)?;
     }
-    root.present().map_err(|e| e.to_string())?;
+    root.present()?;
     Ok(())
 }
 
@@ -233,7 +230,7 @@ mod tests {
         let h: Vec<_> = (1..=10)
             .map(|e| record(e, 1.0 / e as f64, 0.5 + 0.04 * e as f64))
             .collect();
-        plot_history(dir.path(), &h).unwrap();
+        plot_history(&dir.path().join("history.png"), &h).unwrap();
         let img = read_png(&dir.path().join("history.png"));
         assert_eq!(img.dimensions(), PLOT_SIZE);
         let has = |c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count();
@@ -254,7 +251,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = record(1, 0.7, 0.5);
         r.val_loss = f64::NAN;
-        plot_history(dir.path(), &[r]).unwrap();
+        plot_history(&dir.path().join("history.png"), &[r]).unwrap();
         assert_eq!(
             read_png(&dir.path().join("history.png")).dimensions(),
             PLOT_SIZE
@@ -264,10 +261,12 @@ mod tests {
     #[test]
     fn empty_history_and_missing_folder_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let e = plot_history(dir.path(), &[]).unwrap_err().to_string();
+        let e = plot_history(&dir.path().join("history.png"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("history.png") && e.contains("empty"), "{e}");
         let missing = dir.path().join("no/such");
-        let e = plot_history(&missing, &[record(1, 0.5, 0.5)])
+        let e = plot_history(&missing.join("history.png"), &[record(1, 0.5, 0.5)])
             .unwrap_err()
             .to_string();
         assert!(e.contains("no/such/history.png"), "{e}");

@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
-use fennec_runtime::atomic::write_atomic;
 use fennec_runtime::decode::{DecodeLimits, decode_file};
 use fennec_runtime::folder::scan_class_folders;
 use fennec_runtime::preprocess::Preprocess;
@@ -25,6 +24,7 @@ use serde::Serialize;
 
 use crate::augment::Augmenter;
 use crate::config::Config;
+use crate::output::{WriteError, write_file};
 
 /// Pixels around and between tiles.
 pub const PAD: u32 = 8;
@@ -40,11 +40,6 @@ pub enum PreviewError {
     Folder(#[from] fennec_runtime::Error),
     #[error("{path}: no readable image in any class folder")]
     NoImages { path: PathBuf },
-    #[error("{path}: cannot write: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +90,7 @@ pub fn render_preview(
     let mut files = folders.files.clone();
     files.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(opts.seed));
 
-    let pre: Preprocess = config.preprocess();
+    let pre: &Preprocess = &config.preprocess;
     let (h, w, c) = (pre.height as usize, pre.width as usize, pre.channels());
     let augmenter = Augmenter::new(&config.training.augmentation);
     let limits = DecodeLimits::default();
@@ -187,21 +182,17 @@ pub fn render_preview(
 }
 
 /// Writes `image` as a PNG, atomically.
-pub fn write_png(path: &Path, image: &RgbImage) -> Result<(), PreviewError> {
-    write_atomic(path, |w| {
-        image::codecs::png::PngEncoder::new(w)
-            .write_image(
-                image.as_raw(),
-                image.width(),
-                image.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(std::io::Error::other)
-    })
-    .map_err(|source| PreviewError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+pub fn write_png(path: &Path, image: &RgbImage) -> Result<(), WriteError> {
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| WriteError::new(path, std::io::Error::other(e)))?;
+    write_file(path, &png)
 }
 
 fn text_width(font: &FontRef<'_>, text: &str) -> f32 {

@@ -10,10 +10,8 @@
 //! Files are copied (each atomically) or hard-linked; the originals are only read.
 //! `OUT/split.json` records what was done.
 
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use fennec_runtime::atomic::write_atomic;
 use fennec_runtime::decode::{DecodeLimits, decode_file};
 use fennec_runtime::folder::scan_class_folders;
 use rand::SeedableRng;
@@ -22,8 +20,14 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::Serialize;
 
-/// The split folders, in the order their columns are printed.
-pub const SPLITS: [&str; 3] = ["train", "validation", "test"];
+use crate::data::Subset;
+use crate::output::{WriteError, write_file, write_json};
+
+/// Where files that fail the decode check go, and the report listing them.
+pub const QUARANTINE_DIR: &str = "quarantine";
+pub const QUARANTINE_CSV: &str = "quarantine.csv";
+/// The report of a split.
+pub const SPLIT_JSON: &str = "split.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
@@ -37,21 +41,11 @@ pub enum SplitError {
         "{path}: output folder is not empty (use --force to replace its train/validation/test/quarantine folders)"
     )]
     NotEmpty { path: PathBuf },
-    #[error("{path}: {reason}: {source}")]
-    Io {
-        path: PathBuf,
-        reason: &'static str,
-        source: std::io::Error,
-    },
-}
-
-fn io_err(path: &Path, reason: &'static str) -> impl FnOnce(std::io::Error) -> SplitError {
-    let path = path.to_path_buf();
-    move |source| SplitError::Io {
-        path,
-        reason,
-        source,
-    }
+    /// A file-system operation failed (fs-err: the message names the path).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// What to do.
@@ -228,14 +222,14 @@ pub fn split(
         let (n_val, n_test) = counts_for(files.len(), opts.val, opts.test);
         let n_train = files.len() - n_val - n_test;
         for (i, f) in files.iter().enumerate() {
-            let split = if i < n_test {
-                "test"
+            let subset = if i < n_test {
+                Subset::Test
             } else if i < n_test + n_val {
-                "validation"
+                Subset::Validation
             } else {
-                "train"
+                Subset::Train
             };
-            jobs.push((f.clone(), out.join(split).join(rel(f))));
+            jobs.push((f.clone(), out.join(subset.dir_name()).join(rel(f))));
         }
         let quarantined = bad.iter().filter(|(_, c, _)| *c == ix).count();
         classes.push(ClassCounts {
@@ -252,7 +246,7 @@ pub fn split(
         // An unreadable file cannot be copied; an empty or corrupt one can.
         let copied = e.kind() != "unreadable";
         if copied {
-            jobs.push((path.clone(), out.join("quarantine").join(&r)));
+            jobs.push((path.clone(), out.join(QUARANTINE_DIR).join(&r)));
         }
         quarantined.push(Quarantined {
             file: r,
@@ -320,7 +314,7 @@ struct Linker {
 impl Linker {
     fn place(&mut self, src: &Path, dst: &Path) -> Result<(), SplitError> {
         let parent = dst.parent().expect("destination has a parent");
-        std::fs::create_dir_all(parent).map_err(io_err(parent, "cannot create folder"))?;
+        fs_err::create_dir_all(parent)?;
         if self.enabled && self.fallback.is_none() {
             match std::fs::hard_link(src, dst) {
                 Ok(()) => {
@@ -331,54 +325,44 @@ impl Linker {
                 Err(e) => self.fallback = Some(format!("{}: {e}", dst.display())),
             }
         }
-        write_atomic(dst, |w| {
-            let mut f = std::fs::File::open(src)?;
-            std::io::copy(&mut f, w).map(drop)
-        })
-        .map_err(io_err(dst, "cannot copy the file here"))?;
+        write_file(dst, &fs_err::read(src)?)?;
         self.copied += 1;
         Ok(())
     }
 }
 
 fn write_reports(out: &Path, report: &SplitReport) -> Result<(), SplitError> {
-    let csv = out.join("quarantine.csv");
-    write_atomic(&csv, |w| {
-        writeln!(w, "file,kind,reason")?;
-        for q in &report.quarantined {
-            writeln!(
-                w,
-                "{},{},{}",
-                csv_field(&q.file.to_string_lossy()),
-                q.kind,
-                csv_field(&q.reason)
-            )?;
-        }
-        Ok(())
-    })
-    .map_err(io_err(&csv, "cannot write"))?;
-    let json = out.join("split.json");
-    write_atomic(&json, |w| {
-        serde_json::to_writer_pretty(&mut *w, report)?;
-        writeln!(w)
-    })
-    .map_err(io_err(&json, "cannot write"))
+    let path = out.join(QUARANTINE_CSV);
+    let csv = quarantine_csv(&report.quarantined).map_err(|e| WriteError::new(&path, e))?;
+    write_file(&path, &csv)?;
+    Ok(write_json(&out.join(SPLIT_JSON), report)?)
 }
 
-/// RFC 4180 quoting when needed.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// `quarantine.csv`: `file,kind,reason`, one row per quarantined file.
+fn quarantine_csv(quarantined: &[Quarantined]) -> std::io::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["file", "kind", "reason"])?;
+    for q in quarantined {
+        w.write_record([
+            &*q.file.to_string_lossy(),
+            q.kind.as_str(),
+            q.reason.as_str(),
+        ])?;
     }
+    w.into_inner().map_err(|e| e.into_error())
 }
 
 /// Absolute, with `.`/`..` resolved and symlinks followed as far as the path exists.
 fn resolve(path: &Path) -> std::io::Result<PathBuf> {
     let mut p = PathBuf::new();
     let mut exists = true;
-    for comp in std::path::absolute(path)?.components() {
+    let absolute = std::path::absolute(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: cannot resolve path: {e}", path.display()),
+        )
+    })?;
+    for comp in absolute.components() {
         match comp {
             Component::CurDir => {}
             Component::ParentDir => {
@@ -399,8 +383,8 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
 }
 
 fn check_no_overlap(raw: &Path, out: &Path) -> Result<(), SplitError> {
-    let r = resolve(raw).map_err(io_err(raw, "cannot resolve path"))?;
-    let o = resolve(out).map_err(io_err(out, "cannot resolve path"))?;
+    let r = resolve(raw)?;
+    let o = resolve(out)?;
     let bad = |reason: String| {
         Err(SplitError::Overlap {
             out: out.to_path_buf(),
@@ -428,7 +412,7 @@ fn check_no_overlap(raw: &Path, out: &Path) -> Result<(), SplitError> {
 /// Creates `out` if needed. A non-empty `out` is refused unless `force`, which
 /// removes only what a split writes there.
 fn prepare_out_dir(out: &Path, force: bool) -> Result<(), SplitError> {
-    match std::fs::read_dir(out) {
+    match fs_err::read_dir(out) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 if !force {
@@ -436,27 +420,24 @@ fn prepare_out_dir(out: &Path, force: bool) -> Result<(), SplitError> {
                         path: out.to_path_buf(),
                     });
                 }
-                for name in SPLITS.iter().chain(&["quarantine"]) {
+                let dirs = Subset::ALL.map(Subset::dir_name);
+                for name in dirs.iter().chain(&[QUARANTINE_DIR]) {
                     let d = out.join(name);
                     if d.exists() {
-                        std::fs::remove_dir_all(&d)
-                            .map_err(io_err(&d, "cannot remove (for --force)"))?;
+                        fs_err::remove_dir_all(&d)?;
                     }
                 }
-                for name in ["quarantine.csv", "split.json"] {
+                for name in [QUARANTINE_CSV, SPLIT_JSON] {
                     let f = out.join(name);
                     if f.exists() {
-                        std::fs::remove_file(&f)
-                            .map_err(io_err(&f, "cannot remove (for --force)"))?;
+                        fs_err::remove_file(&f)?;
                     }
                 }
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(out).map_err(io_err(out, "cannot create the output folder"))
-        }
-        Err(e) => Err(io_err(out, "cannot use as the output folder")(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(fs_err::create_dir_all(out)?),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -535,7 +516,16 @@ mod tests {
 
     #[test]
     fn csv_quoting() {
-        assert_eq!(csv_field("a.jpg"), "a.jpg");
-        assert_eq!(csv_field("a, \"b\""), "\"a, \"\"b\"\"\"");
+        let q = |file: &str, reason: &str| Quarantined {
+            file: file.into(),
+            kind: "corrupt".into(),
+            reason: reason.into(),
+            copied: true,
+        };
+        let csv = quarantine_csv(&[q("a.jpg", "bad"), q("a, \"b\".jpg", "x: y, z")]).unwrap();
+        assert_eq!(
+            String::from_utf8(csv).unwrap(),
+            "file,kind,reason\na.jpg,corrupt,bad\n\"a, \"\"b\"\".jpg\",corrupt,\"x: y, z\"\n"
+        );
     }
 }

@@ -10,10 +10,8 @@ mod info;
 mod predict;
 mod table;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -21,7 +19,7 @@ use fennec_runtime::preprocess::Overrides;
 use fennec_runtime::{
     Classifier, ColorMode, DecodeLimits, LoadOptions, Preprocess, ResizeFilter, ResizeMode, Source,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 /// Score images with an ONNX image classifier: pure Rust, no Python, no GPU.
 ///
@@ -197,19 +195,7 @@ impl RunArgs {
     /// A progress bar on stderr with rate and ETA; hidden when stderr is not a
     /// terminal or with --quiet.
     pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
-        if self.quiet || !std::io::stderr().is_terminal() {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(len);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_message(what.to_string());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
+        fennec_runtime::progress::bar(len, what.to_string(), "img", !self.quiet)
     }
 }
 

@@ -12,12 +12,13 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 use fennec_runtime::folder::Skipped;
-use fennec_train::checkpoint::{CLASSES_FILE, Run, Which};
-use fennec_train::data::{Loader, Split};
-use fennec_train::device::Kind;
-use fennec_train::train::{Event, Observer, evaluate};
-use indicatif::{ProgressBar, ProgressStyle};
+use fennec_train::data::{LabelledFolder, Loader};
+use fennec_train::loss_accuracy::measure;
+use fennec_train::run_dir::{CLASSES_FILE, RunDir, Which};
 use serde::Serialize;
+
+use super::ComputeArgs;
+use super::console::Console;
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
@@ -36,21 +37,17 @@ pub struct EvaluateArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     batch: Option<u32>,
 
-    /// Compute device (GPUs need a build with their cargo feature).
-    #[arg(long, value_enum, default_value_t = Kind::Cpu)]
-    device: Kind,
-
-    /// CPU threads [default: all cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    threads: Option<u32>,
+    #[command(flatten)]
+    compute: ComputeArgs,
 
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
+/// What `evaluate` prints (as JSON with `--json`).
 #[derive(Serialize)]
-struct Report<'a> {
+struct EvaluateReport<'a> {
     run_dir: &'a PathBuf,
     checkpoint: String,
     epoch: usize,
@@ -65,27 +62,24 @@ struct Report<'a> {
 }
 
 pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
-    // SAFETY: before any thread is started; see `fit`.
-    unsafe { std::env::set_var("BURN_DEVICE", args.device.burn_env()) };
-    fennec_train::device::init_threads(args.threads.map(|n| n as usize))?;
-    let device = args.device.device()?;
+    let device = args.compute.init()?;
     let started = Instant::now();
 
-    let run = Run::open(&args.run_dir)?;
+    let run = RunDir::open(&args.run_dir)?;
     let (net, record) = run.load_net(args.checkpoint, &device)?;
-    let mut split = Split::scan("evaluate", &args.dir)?;
-    split.require_classes(&run.classes, &args.run_dir.join(CLASSES_FILE))?;
-    let loader = Arc::new(Loader::new(run.config.preprocess()));
+    let mut folder = LabelledFolder::scan("evaluate", &args.dir)?;
+    folder.require_classes(&run.classes, &args.run_dir.join(CLASSES_FILE))?;
+    let loader = Arc::new(Loader::new(run.config.preprocess.clone()));
     let stop = AtomicBool::new(false);
-    let bar = Bar::new(!args.json);
-    bar.start(split.examples.len() as u64, "checking");
-    let bad = split
-        .check(&loader, false, &|n| bar.0.inc(n), &stop)
+    let console = Console::new(args.json);
+    console.start(folder.examples.len() as u64, "checking".into(), "files");
+    let bad = folder
+        .check(&loader, false, &|n| console.tick_by(n), &stop)
         .expect("not interrupted");
     for s in &bad {
-        bar.0.suspend(|| eprintln!("warning: skipped {}", s.reason));
+        console.line(&format!("warning: skipped {}", s.reason));
     }
-    if split.examples.is_empty() {
+    if folder.examples.is_empty() {
         bail!(
             "{}: no usable image files in the class folders",
             args.dir.display()
@@ -94,13 +88,13 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
     let batch = args
         .batch
         .map_or(run.config.training.batch_size, |b| b as usize);
-    let split = Arc::new(split);
-    bar.start(split.examples.len() as u64, "evaluating");
+    let folder = Arc::new(folder);
+    console.start(folder.examples.len() as u64, "evaluating".into(), "img");
     let metrics =
-        evaluate(&net, &split, &loader, batch, &device, &stop, &bar)?.expect("not interrupted");
-    bar.0.finish_and_clear();
+        measure(&net, &folder, &loader, batch, &device, &stop, &console)?.expect("not interrupted");
+    console.clear();
 
-    let report = Report {
+    let report = EvaluateReport {
         run_dir: &args.run_dir,
         checkpoint: args.checkpoint.to_string(),
         epoch: record.epoch,
@@ -109,7 +103,7 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
         loss: metrics.loss(),
         accuracy: metrics.accuracy(),
         binary_accuracy: metrics.binary_accuracy(),
-        skipped: &split.skipped,
+        skipped: &folder.skipped,
         seconds: started.elapsed().as_secs_f64(),
     };
     let mut out = std::io::stdout().lock();
@@ -149,35 +143,4 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
         args.dir.display()
     )?;
     Ok(ExitCode::SUCCESS)
-}
-
-struct Bar(ProgressBar, bool);
-
-impl Bar {
-    fn new(show: bool) -> Bar {
-        Bar(ProgressBar::hidden(), show)
-    }
-    fn start(&self, len: u64, what: &str) {
-        if self.1 {
-            self.0
-                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        }
-        self.0.reset();
-        self.0.set_length(len);
-        self.0.set_style(
-            ProgressStyle::with_template(&format!(
-                "{what} [{{wide_bar}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"
-            ))
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-    }
-}
-
-impl Observer for Bar {
-    fn event(&self, event: Event<'_>) {
-        if let Event::Advance(n) = event {
-            self.0.inc(n);
-        }
-    }
 }

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use fennec_train::checkpoint::Which;
 use fennec_train::export::{Precision, export_run};
+use fennec_train::run_dir::{ONNX_FILE, Which};
+
+use super::enum_parser;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -25,7 +27,7 @@ pub struct ExportArgs {
 
     /// Weight storage: f32 (exactly what burn computes) or f16 (half the size;
     /// probabilities change by about 1e-4). Input and output stay float32.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = enum_parser::<Precision>(), default_value_t = Precision::F32)]
     precision: Precision,
 
     /// Print the export report as JSON.
@@ -37,7 +39,7 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
     let out = args
         .output
         .clone()
-        .unwrap_or_else(|| args.run_dir.join("model.onnx"));
+        .unwrap_or_else(|| args.run_dir.join(ONNX_FILE));
     let report = export_run(&args.run_dir, args.checkpoint, &out, args.precision)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {

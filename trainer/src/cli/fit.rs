@@ -4,17 +4,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use fennec_train::checkpoint::{self, Run, Which};
 use fennec_train::config::Config;
-use fennec_train::device::Kind;
 use fennec_train::export::{Precision, export_run};
-use fennec_train::train::{Event, FitOptions, Observer, Outcome, fit};
-use indicatif::{ProgressBar, ProgressStyle};
+use fennec_train::run_dir::checkpoint::epoch_dir_name;
+use fennec_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE, ONNX_FILE, RunDir, Which};
+use fennec_train::train::{FitOptions, Outcome, fit};
+
+use super::ComputeArgs;
+use super::console::Console;
 
 #[derive(Debug, Args)]
 pub struct FitArgs {
@@ -38,9 +40,8 @@ pub struct FitArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     epochs: Option<u32>,
 
-    /// Compute device. GPUs need a build with `--features cuda` or `--features wgpu`.
-    #[arg(long, value_enum, default_value_t = Kind::Cpu)]
-    device: Kind,
+    #[command(flatten)]
+    compute: ComputeArgs,
 
     /// Continue an interrupted run after its last complete checkpoint; gives the same
     /// weights and history as an uninterrupted run (same device and --threads).
@@ -51,23 +52,13 @@ pub struct FitArgs {
     #[arg(long)]
     strict: bool,
 
-    /// CPU threads for computing and decoding [default: all cores]. On the CPU a run
-    /// is reproducible for a fixed seed and thread count.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    threads: Option<u32>,
-
     /// No progress bars or per-epoch lines; only warnings, errors and the result.
     #[arg(short, long)]
     quiet: bool,
 }
 
 pub fn run(args: FitArgs) -> Result<ExitCode> {
-    // SAFETY: first thing the command does, before any thread is started. burn's
-    // default device (used internally, e.g. when loading optimizer state) must be
-    // the one we train on, also in GPU-enabled builds.
-    unsafe { std::env::set_var("BURN_DEVICE", args.device.burn_env()) };
-    fennec_train::device::init_threads(args.threads.map(|n| n as usize))?;
-    let device = args.device.device()?;
+    let device = args.compute.init()?;
 
     let (config, config_path, run_dir, data_dir) = match &args.resume {
         Some(dir) => resume_target(&args, dir)?,
@@ -108,7 +99,7 @@ pub fn run(args: FitArgs) -> Result<ExitCode> {
         run_dir: run_dir.clone(),
         resume: args.resume.is_some(),
         device,
-        device_name: args.device.name().to_string(),
+        device_name: args.compute.device.name().to_string(),
         strict: args.strict,
         stop,
     };
@@ -134,8 +125,8 @@ pub fn run(args: FitArgs) -> Result<ExitCode> {
                     "interrupted during epoch {epoch}; the checkpoint of epoch {last} is intact \
                      ({}); continue with: {resume_hint}",
                     run_dir
-                        .join(checkpoint::CHECKPOINTS_DIR)
-                        .join(checkpoint::epoch_dir_name(last))
+                        .join(CHECKPOINTS_DIR)
+                        .join(epoch_dir_name(last))
                         .display()
                 ),
                 None => eprintln!(
@@ -150,7 +141,7 @@ pub fn run(args: FitArgs) -> Result<ExitCode> {
         bail!("{}: no epoch was trained", run_dir.display());
     };
     // The best epoch when early stopping restores it, else the last.
-    let onnx = run_dir.join("model.onnx");
+    let onnx = run_dir.join(ONNX_FILE);
     let exported =
         export_run(&run_dir, Which::Epoch(epoch), &onnx, Precision::F32).with_context(|| {
             format!(
@@ -189,9 +180,9 @@ fn resume_target(args: &FitArgs, dir: &Path) -> Result<(Config, PathBuf, PathBuf
             dir.display()
         );
     }
-    let run = Run::open(dir)?;
+    let run = RunDir::open(dir)?;
     let mut config = run.config.clone();
-    let config_path = dir.join(checkpoint::CONFIG_FILE);
+    let config_path = dir.join(CONFIG_FILE);
     if let Some(path) = &args.config {
         let given = Config::load(path)?;
         let mut a = given.clone();
@@ -227,7 +218,7 @@ fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
         if out.is_dir() {
             let mut entries = std::fs::read_dir(out).map_err(|e| cannot(out, e))?;
             if entries.next().is_some() {
-                let what = if out.join(checkpoint::CONFIG_FILE).exists() {
+                let what = if out.join(CONFIG_FILE).exists() {
                     "holds another run"
                 } else {
                     "is not empty"
@@ -257,133 +248,6 @@ fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
         }
     }
     unreachable!("some runs/<name>-N is free")
-}
-
-/// Progress bars and lines on stderr.
-struct Console {
-    quiet: bool,
-    bar: Mutex<ProgressBar>,
-}
-
-impl Console {
-    fn new(quiet: bool) -> Console {
-        Console {
-            quiet,
-            bar: Mutex::new(ProgressBar::hidden()),
-        }
-    }
-
-    fn start(&self, len: u64, prefix: String, unit: &str) {
-        let bar = if self.quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(len)
-        };
-        let template = format!(
-            "{{prefix}} [{{wide_bar}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}} {{msg}}"
-        );
-        bar.set_style(
-            ProgressStyle::with_template(&template)
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(prefix);
-        let old = std::mem::replace(&mut *self.bar.lock().expect("bar lock"), bar);
-        old.finish_and_clear();
-    }
-
-    /// A line above the bar (or plain, when the bar is hidden).
-    fn line(&self, text: &str) {
-        self.bar
-            .lock()
-            .expect("bar lock")
-            .suspend(|| eprintln!("{text}"));
-    }
-
-    fn clear(&self) {
-        self.bar.lock().expect("bar lock").finish_and_clear();
-    }
-}
-
-impl Observer for Console {
-    fn event(&self, event: Event<'_>) {
-        match event {
-            Event::Checking { split, total } => {
-                self.start(total as u64, format!("checking {split}"), "files")
-            }
-            Event::Advance(n) => self.bar.lock().expect("bar lock").inc(n),
-            Event::Skipped(s) => self.line(&format!("warning: skipped {}", s.reason)),
-            Event::Warning(w) => self.line(&format!("warning: {w}")),
-            Event::DataReady(d) => {
-                self.clear();
-                if !self.quiet {
-                    let split = |name: &str, s: &fennec_train::data::SplitSummary| {
-                        let per: Vec<String> = s
-                            .per_class
-                            .iter()
-                            .map(|(c, n)| format!("{c} {n}"))
-                            .collect();
-                        format!(
-                            "{name} {} ({}){}",
-                            s.images,
-                            per.join(", "),
-                            if s.cached { ", cached" } else { "" }
-                        )
-                    };
-                    self.line(&format!(
-                        "data: {}; {}; {} file(s) skipped",
-                        split("train", &d.train),
-                        split("validation", &d.validation),
-                        d.skipped.len()
-                    ));
-                }
-            }
-            Event::Resumed { epoch } => {
-                if !self.quiet {
-                    self.line(&format!("resuming after the checkpoint of epoch {epoch}"));
-                }
-            }
-            Event::EpochStart {
-                epoch,
-                epochs,
-                images,
-            } => self.start(images as u64, format!("epoch {epoch}/{epochs}"), "img"),
-            Event::Batch { loss, accuracy, .. } => self
-                .bar
-                .lock()
-                .expect("bar lock")
-                .set_message(format!("loss {loss:.4} acc {accuracy:.4}")),
-            Event::Validating { images } => self.start(images as u64, "validating".into(), "img"),
-            Event::EpochEnd {
-                record: r, best, ..
-            } => {
-                self.clear();
-                if !self.quiet {
-                    self.line(&format!(
-                        "epoch {:>3}  loss {:.4}  acc {:.4} | val_loss {:.4}  val_acc {:.4}  val_binary_acc {:.4} | \
-                         {:.1} s, {:.1} img/s{}",
-                        r.epoch,
-                        r.train_loss,
-                        r.train_accuracy,
-                        r.val_loss,
-                        r.val_accuracy,
-                        r.val_binary_accuracy,
-                        r.train_seconds,
-                        r.images_per_second,
-                        if best { "  (best)" } else { "" }
-                    ));
-                }
-            }
-            Event::EarlyStop { epoch, best } => {
-                if !self.quiet {
-                    self.line(&format!(
-                        "early stopping after epoch {epoch}: no improvement since epoch {} (val_loss {:.4})",
-                        best.epoch, best.val_loss
-                    ));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

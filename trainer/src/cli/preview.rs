@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use fennec_train::config::Config;
+use fennec_train::data::Subset;
 use fennec_train::preview::{PreviewOptions, render_preview, write_png};
 use serde_json::json;
 
@@ -49,7 +50,7 @@ pub fn run(args: PreviewArgs) -> Result<ExitCode> {
         seed: args.seed.unwrap_or(t.seed),
         augment: !args.no_augment,
     };
-    let train_dir = args.data.join("train");
+    let train_dir = args.data.join(Subset::Train.dir_name());
     let preview = render_preview(&config, &train_dir, &opts)?;
     write_png(&args.output, &preview.image)?;
     let (w, h) = preview.image.dimensions();

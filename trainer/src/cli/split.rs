@@ -1,16 +1,15 @@
 //! `fennec-train split RAW_DIR OUT_DIR`: stratified train/validation/test folders
 //! from a raw `<class>/*` folder, corrupt files quarantined with a report.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use fennec_train::split::{Progress, SplitOptions, SplitReport, split};
-use indicatif::{ProgressBar, ProgressStyle};
+use fennec_train::split::{SplitOptions, SplitReport, split};
+
+use super::console::Console;
 
 #[derive(Debug, Args)]
 pub struct SplitArgs {
@@ -53,41 +52,6 @@ pub struct SplitArgs {
     quiet: bool,
 }
 
-/// An indicatif bar per phase, on stderr, only on a terminal.
-struct Bar {
-    bar: Mutex<Option<ProgressBar>>,
-    show: bool,
-}
-
-impl Progress for Bar {
-    fn start(&self, phase: &'static str, len: usize) {
-        let mut slot = self.bar.lock().unwrap();
-        if let Some(old) = slot.take() {
-            old.finish_and_clear();
-        }
-        if !self.show {
-            return;
-        }
-        let bar = ProgressBar::new(len as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>9} [{bar:30}] {pos}/{len} files, {per_sec}, ETA {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_message(phase);
-        bar.enable_steady_tick(Duration::from_millis(200));
-        *slot = Some(bar);
-    }
-
-    fn tick(&self) {
-        if let Some(bar) = self.bar.lock().unwrap().as_ref() {
-            bar.inc(1);
-        }
-    }
-}
-
 pub fn run(args: SplitArgs) -> Result<ExitCode> {
     let opts = SplitOptions {
         val: args.val,
@@ -96,14 +60,9 @@ pub fn run(args: SplitArgs) -> Result<ExitCode> {
         link: args.link,
         force: args.force,
     };
-    let bar = Bar {
-        bar: Mutex::new(None),
-        show: !args.quiet && std::io::stderr().is_terminal(),
-    };
-    let report = split(&args.raw_dir, &args.out_dir, &opts, &bar);
-    if let Some(b) = bar.bar.lock().unwrap().take() {
-        b.finish_and_clear();
-    }
+    let console = Console::new(args.quiet);
+    let report = split(&args.raw_dir, &args.out_dir, &opts, &console);
+    console.clear();
     let report = report?;
     let mut out = std::io::stdout().lock();
     if args.json {

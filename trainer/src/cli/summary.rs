@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result};
 use clap::Args;
 use fennec_train::config::{Config, Shape};
 
@@ -26,7 +26,7 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let plan = config
         .resolve(args.classes as usize)
-        .map_err(|e| anyhow!("{}: {e}", args.config.display()))?;
+        .with_context(|| args.config.display().to_string())?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;

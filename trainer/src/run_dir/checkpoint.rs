@@ -1,86 +1,29 @@
-//! Run directories and their checkpoints: how `fit` saves an epoch so that a kill
-//! loses nothing, and how `fit --resume`, `evaluate` and `export` read it back.
-//!
-//! Layout of a run directory:
-//!
-//! ```text
-//! RUN_DIR/config.yaml        resolved config (CLI overrides applied)
-//! RUN_DIR/classes.json       ["cat", "dog"]: output index → class name
-//! RUN_DIR/history.json|.csv  per-epoch metrics (history.png when plotted)
-//! RUN_DIR/summary.json       data counts, skipped files, device, threads, seed, times
-//! RUN_DIR/best.json          {"epoch": N, "val_loss": ...}: best epoch by validation loss
-//! RUN_DIR/checkpoints/epoch-NNN/{model.bpk, optim.bpk, state.json}
-//! RUN_DIR/model.onnx         exported at the end of fit
-//! ```
+//! Epoch checkpoints: how `fit` saves an epoch so that a kill loses nothing, and
+//! how `fit --resume`, `evaluate` and `export` load one back.
 //!
 //! A checkpoint is written into a hidden temporary folder and renamed into place,
-//! so `epoch-NNN/` is either whole or absent. Only the last and the best epoch are
-//! kept (older ones are deleted once a newer checkpoint is in place): the last to
-//! resume from, the best to export. `state.json` holds everything besides the
-//! weights and the optimizer that resume needs (history, early-stopping counters).
+//! so `checkpoints/epoch-NNN/` is either whole or absent. Only the last and the best
+//! epoch are kept (older ones are deleted once a newer checkpoint is in place): the
+//! last to resume from, the best to export. `state.json` holds everything besides
+//! the weights and the optimizer that resume needs (history, early-stopping
+//! counters).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Tensor};
-use fennec_runtime::atomic::write_atomic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, Plan};
+use super::{
+    CHECKPOINTS_DIR, CONFIG_FILE, MODEL_FILE, OPTIM_FILE, RunDir, RunDirError, STATE_FILE,
+    read_best, read_json, record_of,
+};
 use crate::history::EpochRecord;
 use crate::model::Net;
-
-pub const CONFIG_FILE: &str = "config.yaml";
-pub const CLASSES_FILE: &str = "classes.json";
-pub const BEST_FILE: &str = "best.json";
-pub const SUMMARY_FILE: &str = "summary.json";
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
-pub const MODEL_FILE: &str = "model.bpk";
-pub const OPTIM_FILE: &str = "optim.bpk";
-pub const STATE_FILE: &str = "state.json";
-
-/// Errors reading or writing a run directory; each names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error(
-        "{path}: not a fennec run directory (no config.yaml); train one with `fennec-train fit`"
-    )]
-    NotARun { path: PathBuf },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-    #[error("{path}: no complete checkpoint yet (the run stopped before its first epoch ended)")]
-    NoCheckpoint { path: PathBuf },
-    #[error("{path}: no checkpoint for epoch {epoch}; kept: {kept}")]
-    NoSuchEpoch {
-        path: PathBuf,
-        epoch: usize,
-        kept: String,
-    },
-    #[error("{path}: does not fit the run's config ({config}): {message}")]
-    Mismatch {
-        path: PathBuf,
-        config: PathBuf,
-        message: String,
-    },
-    #[error("{path}: cannot write: {message}")]
-    Write { path: PathBuf, message: String },
-    #[error("{path}: cannot write checkpoint: {message}; earlier checkpoints are intact")]
-    CheckpointWrite { path: PathBuf, message: String },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::output::write_json;
 
 /// Which checkpoint of a run: `best`, `last`, or an epoch number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,17 +33,20 @@ pub enum Which {
     Epoch(usize),
 }
 
+/// A `--checkpoint` value that is none of `best`, `last` or an epoch number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a checkpoint: use best, last, or an epoch number (1, 2, ...)")]
+pub struct NotACheckpoint(String);
+
 impl FromStr for Which {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Which, String> {
+    type Err = NotACheckpoint;
+    fn from_str(s: &str) -> Result<Which, NotACheckpoint> {
         match s {
             "best" => Ok(Which::Best),
             "last" => Ok(Which::Last),
             n => match n.parse::<usize>() {
                 Ok(e) if e >= 1 => Ok(Which::Epoch(e)),
-                _ => Err(format!(
-                    "'{s}' is not a checkpoint: use best, last, or an epoch number (1, 2, ...)"
-                )),
+                _ => Err(NotACheckpoint(s.to_string())),
             },
         }
     }
@@ -150,62 +96,43 @@ pub struct TrainState {
 }
 
 impl TrainState {
+    /// Before the first epoch of a new run.
+    pub fn new(seed: u64) -> TrainState {
+        TrainState {
+            epoch: 0,
+            history: vec![],
+            best: None,
+            wait: 0,
+            stopped_early: false,
+            weights_sha256: String::new(),
+            seed,
+            threads: 0,
+            device: String::new(),
+            data_dir: PathBuf::new(),
+            fennec_version: fennec_runtime::VERSION.into(),
+        }
+    }
+
     /// The record of the epoch this checkpoint holds.
     pub fn record(&self) -> Option<&EpochRecord> {
         self.history.iter().find(|r| r.epoch == self.epoch)
     }
 }
 
-/// A trained (or training) run directory.
-#[derive(Debug, Clone)]
-pub struct Run {
-    pub dir: PathBuf,
-    pub config: Config,
-    pub classes: Vec<String>,
-    pub plan: Plan,
-}
-
-impl Run {
-    /// Reads `config.yaml` and `classes.json` and resolves the plan.
-    pub fn open(dir: &Path) -> Result<Run, CheckpointError> {
-        let config_path = dir.join(CONFIG_FILE);
-        if !config_path.is_file() {
-            return Err(CheckpointError::NotARun {
-                path: dir.to_path_buf(),
-            });
-        }
-        let config = Config::load(&config_path).map_err(|e| CheckpointError::Invalid {
-            path: config_path.clone(),
-            message: strip(&e.to_string(), &config_path),
-        })?;
-        let classes = read_classes(&dir.join(CLASSES_FILE))?;
-        let plan = config
-            .resolve(classes.len())
-            .map_err(|message| CheckpointError::Invalid {
-                path: config_path,
-                message,
-            })?;
-        Ok(Run {
-            dir: dir.to_path_buf(),
-            config,
-            classes,
-            plan,
-        })
-    }
-
+impl RunDir {
     pub fn checkpoints_dir(&self) -> PathBuf {
         self.dir.join(CHECKPOINTS_DIR)
     }
 
     /// Epochs with a complete checkpoint, ascending.
-    pub fn epochs(&self) -> Result<Vec<usize>, CheckpointError> {
+    pub fn epochs(&self) -> Result<Vec<usize>, RunDirError> {
         list_checkpoints(&self.checkpoints_dir())
     }
 
     /// The epoch `which` names, checked to exist.
-    pub fn resolve(&self, which: Which) -> Result<usize, CheckpointError> {
+    pub fn resolve(&self, which: Which) -> Result<usize, RunDirError> {
         let epochs = self.epochs()?;
-        let last = *epochs.last().ok_or_else(|| CheckpointError::NoCheckpoint {
+        let last = *epochs.last().ok_or_else(|| RunDirError::NoCheckpoint {
             path: self.dir.clone(),
         })?;
         let epoch = match which {
@@ -222,7 +149,7 @@ impl Run {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(CheckpointError::NoSuchEpoch {
+            return Err(RunDirError::NoSuchEpoch {
                 path: self.checkpoints_dir(),
                 epoch,
                 kept,
@@ -237,13 +164,8 @@ impl Run {
     }
 
     /// The `state.json` of an epoch's checkpoint.
-    pub fn state(&self, epoch: usize) -> Result<TrainState, CheckpointError> {
-        let path = self.checkpoint_dir(epoch).join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid {
-            path,
-            message: e.to_string(),
-        })
+    pub fn state(&self, epoch: usize) -> Result<TrainState, RunDirError> {
+        read_json(&self.checkpoint_dir(epoch).join(STATE_FILE), "")
     }
 
     /// The network of a checkpoint on `device` (an autodiff device gives a trainable
@@ -252,36 +174,26 @@ impl Run {
         &self,
         which: Which,
         device: &Device,
-    ) -> Result<(Net, EpochRecord), CheckpointError> {
+    ) -> Result<(Net, EpochRecord), RunDirError> {
         let epoch = self.resolve(which)?;
         let state = self.state(epoch)?;
         let net = self.load_weights(epoch, device)?;
-        let record = state
-            .record()
-            .cloned()
-            .ok_or_else(|| CheckpointError::Invalid {
-                path: self.checkpoint_dir(epoch).join(STATE_FILE),
-                message: format!("no history record for epoch {epoch}"),
-            })?;
+        let record = record_of(&state, self.checkpoint_dir(epoch).join(STATE_FILE))?;
         Ok((net, record))
     }
 
     /// Weights of an epoch's checkpoint, into a network built from the run's plan.
-    pub fn load_weights(&self, epoch: usize, device: &Device) -> Result<Net, CheckpointError> {
+    pub fn load_weights(&self, epoch: usize, device: &Device) -> Result<Net, RunDirError> {
         let path = self.checkpoint_dir(epoch).join(MODEL_FILE);
         if !path.is_file() {
-            return Err(CheckpointError::Io {
+            return Err(RunDirError::Invalid {
                 path,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing model file"),
+                message: "missing model file".into(),
             });
         }
         Net::new(&self.plan, device)
             .try_load_file(&path)
-            .map_err(|e| CheckpointError::Mismatch {
-                path,
-                config: self.dir.join(CONFIG_FILE),
-                message: e.to_string().replace('\n', " "),
-            })
+            .map_err(|e| self.mismatch(path, e))
     }
 
     /// Everything to continue training after `epoch`: the trainable network on
@@ -290,17 +202,22 @@ impl Run {
         &self,
         epoch: usize,
         device: &Device,
-        optim: burn::optim::ModuleOptimizer,
-    ) -> Result<(Net, burn::optim::ModuleOptimizer, TrainState), CheckpointError> {
+        optim: ModuleOptimizer,
+    ) -> Result<(Net, ModuleOptimizer, TrainState), RunDirError> {
         let state = self.state(epoch)?;
         let net = self.load_weights(epoch, device)?;
         let path = self.checkpoint_dir(epoch).join(OPTIM_FILE);
-        let optim = optim.load(&path).map_err(|e| CheckpointError::Mismatch {
+        let optim = optim.load(&path).map_err(|e| self.mismatch(path, e))?;
+        Ok((net, optim, state))
+    }
+
+    /// A checkpoint file that does not fit the run's config.
+    fn mismatch(&self, path: PathBuf, e: impl std::fmt::Display) -> RunDirError {
+        RunDirError::Mismatch {
             path,
             config: self.dir.join(CONFIG_FILE),
             message: e.to_string().replace('\n', " "),
-        })?;
-        Ok((net, optim, state))
+        }
     }
 }
 
@@ -309,11 +226,11 @@ pub fn epoch_dir_name(epoch: usize) -> String {
     format!("epoch-{epoch:03}")
 }
 
-fn list_checkpoints(dir: &Path) -> Result<Vec<usize>, CheckpointError> {
-    let entries = match std::fs::read_dir(dir) {
+fn list_checkpoints(dir: &Path) -> Result<Vec<usize>, RunDirError> {
+    let entries = match fs_err::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(io(dir)(e)),
+        Err(e) => return Err(e.into()),
     };
     let mut epochs: Vec<usize> = entries
         .filter_map(|e| e.ok())
@@ -327,62 +244,16 @@ fn list_checkpoints(dir: &Path) -> Result<Vec<usize>, CheckpointError> {
     Ok(epochs)
 }
 
-/// Reads `classes.json` (a JSON array of class names).
-pub fn read_classes(path: &Path) -> Result<Vec<String>, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let classes: Vec<String> =
-        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("expected a list of class names: {e}"),
-        })?;
-    if classes.len() < 2 {
-        return Err(CheckpointError::Invalid {
-            path: path.to_path_buf(),
-            message: "fewer than 2 classes".into(),
-        });
-    }
-    Ok(classes)
-}
-
-/// Reads `best.json`, if present.
-pub fn read_best(dir: &Path) -> Result<Option<Best>, CheckpointError> {
-    let path = dir.join(BEST_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| CheckpointError::Invalid {
-                    path,
-                    message: e.to_string(),
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&path)(e)),
-    }
-}
-
-/// Writes `value` as pretty JSON, atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), CheckpointError> {
-    write_atomic(path, |w| {
-        serde_json::to_writer_pretty(&mut *w, value)?;
-        std::io::Write::write_all(w, b"\n")
-    })
-    .map_err(|e| CheckpointError::Write {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
 /// Writes the checkpoint of `state.epoch`: `net` must be the evaluation copy
 /// (`net.valid()`, whose BatchNorm statistics are synced). Written to a temporary
 /// folder and renamed, so the checkpoint is whole or absent; on error nothing new
 /// is left behind and earlier checkpoints are untouched.
-pub fn save_checkpoint(
+pub fn save(
     run_dir: &Path,
     state: &TrainState,
     net: &Net,
-    optim: &burn::optim::ModuleOptimizer,
-) -> Result<PathBuf, CheckpointError> {
+    optim: &ModuleOptimizer,
+) -> Result<PathBuf, RunDirError> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     let target = root.join(epoch_dir_name(state.epoch));
     let tmp = root.join(format!(
@@ -390,7 +261,7 @@ pub fn save_checkpoint(
         epoch_dir_name(state.epoch),
         std::process::id()
     ));
-    let fail = |path: &Path, message: String| CheckpointError::CheckpointWrite {
+    let fail = |path: &Path, message: String| RunDirError::CheckpointWrite {
         path: path.to_path_buf(),
         message,
     };
@@ -409,7 +280,7 @@ pub fn save_checkpoint(
             .save(&opt)
             .map_err(|e| fail(&target.join(OPTIM_FILE), e.to_string()))?;
         write_json(&tmp.join(STATE_FILE), state)
-            .map_err(|e| fail(&target.join(STATE_FILE), strip_write(&e)))?;
+            .map_err(|e| fail(&target.join(STATE_FILE), e.error.to_string()))?;
         if target.exists() {
             // A stale copy of this epoch (a run resumed from an earlier one): replace it.
             std::fs::remove_dir_all(&target).map_err(|e| fail(&target, e.to_string()))?;
@@ -427,7 +298,7 @@ pub fn save_checkpoint(
 }
 
 /// Deletes checkpoints other than `keep` (and leftover temporary folders).
-pub fn prune_checkpoints(run_dir: &Path, keep: &[usize]) -> Result<(), CheckpointError> {
+pub fn prune(run_dir: &Path, keep: &[usize]) -> Result<(), RunDirError> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     let Ok(entries) = std::fs::read_dir(&root) else {
         return Ok(());
@@ -440,7 +311,7 @@ pub fn prune_checkpoints(run_dir: &Path, keep: &[usize]) -> Result<(), Checkpoin
             .and_then(|n| n.parse::<usize>().ok())
             .is_some_and(|n| !keep.contains(&n));
         if stale_tmp || old {
-            std::fs::remove_dir_all(e.path()).map_err(io(&e.path()))?;
+            fs_err::remove_dir_all(e.path())?;
         }
     }
     Ok(())
@@ -463,28 +334,13 @@ pub fn weights_sha256(net: &Net) -> String {
     }
     let mut h = Hasher(Sha256::new());
     net.visit(&mut h);
-    let digest = h.0.finalize();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-fn strip(message: &str, path: &Path) -> String {
-    message
-        .strip_prefix(&format!("{}: ", path.display()))
-        .unwrap_or(message)
-        .to_string()
-}
-
-fn strip_write(e: &CheckpointError) -> String {
-    match e {
-        CheckpointError::Write { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
+    format!("sha256:{:x}", h.0.finalize())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run_dir::{BEST_FILE, CLASSES_FILE};
 
     #[test]
     fn which_parses() {
@@ -492,7 +348,8 @@ mod tests {
         assert_eq!("last".parse::<Which>(), Ok(Which::Last));
         assert_eq!("12".parse::<Which>(), Ok(Which::Epoch(12)));
         assert!("0".parse::<Which>().is_err());
-        assert!("first".parse::<Which>().unwrap_err().contains("best, last"));
+        let e = "first".parse::<Which>().unwrap_err().to_string();
+        assert!(e.contains("'first'") && e.contains("best, last"), "{e}");
     }
 
     const TINY: &str = r#"
@@ -505,10 +362,10 @@ layers:
   - dense: {activation: softmax}
 "#;
 
-    fn run_dir(dir: &Path, yaml: &str) -> Run {
+    fn run_dir(dir: &Path, yaml: &str) -> RunDir {
         std::fs::write(dir.join(CONFIG_FILE), yaml).unwrap();
         std::fs::write(dir.join(CLASSES_FILE), r#"["a", "b"]"#).unwrap();
-        Run::open(dir).unwrap()
+        RunDir::open(dir).unwrap()
     }
 
     fn state(epoch: usize, hash: String) -> TrainState {
@@ -549,13 +406,13 @@ layers:
         let device = Device::flex();
         assert!(matches!(
             run.resolve(Which::Last),
-            Err(CheckpointError::NoCheckpoint { .. })
+            Err(RunDirError::NoCheckpoint { .. })
         ));
         let net = Net::new(&run.plan, &device);
         let hash = weights_sha256(&net);
         let optim = burn::optim::AdamConfig::new().init();
         for e in 1..=3 {
-            save_checkpoint(dir.path(), &state(e, hash.clone()), &net, &optim).unwrap();
+            save(dir.path(), &state(e, hash.clone()), &net, &optim).unwrap();
         }
         write_json(
             &dir.path().join(BEST_FILE),
@@ -565,7 +422,7 @@ layers:
             },
         )
         .unwrap();
-        prune_checkpoints(dir.path(), &[2, 3]).unwrap();
+        prune(dir.path(), &[2, 3]).unwrap();
         assert_eq!(run.epochs().unwrap(), vec![2, 3]);
         assert_eq!(run.resolve(Which::Best).unwrap(), 2);
         assert_eq!(run.resolve(Which::Last).unwrap(), 3);
