@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use fennec_runtime::metadata::ModelMetadata;
-use fennec_runtime::onnx::{Attr, GraphBuilder};
+use fennec_runtime::onnx_writer::{Attr, GraphBuilder};
 use fennec_runtime::{ColorMode, Layout, Preprocess};
 use image::{ImageFormat, Rgb, RgbImage};
 

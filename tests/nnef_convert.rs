@@ -7,7 +7,7 @@ use std::fs;
 use fennec_e2e::*;
 use fennec_runtime::Layout;
 use fennec_runtime::metadata::ModelMetadata;
-use fennec_runtime::onnx::{Attr, GraphBuilder};
+use fennec_runtime::onnx_writer::{Attr, GraphBuilder};
 use serde_json::Value;
 
 fn predictions(out: &str, model_name: &str) -> Vec<Value> {

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use fennec_e2e::{COLORS, TinyModel, color_folders, color_image, color_model, save};
 use fennec_runtime::metadata::ModelMetadata;
-use fennec_runtime::onnx::{Attr, GraphBuilder};
+use fennec_runtime::onnx_writer::{Attr, GraphBuilder};
 use fennec_runtime::{ColorMode, Layout, Preprocess, ResizeFilter};
 use image::{Rgb, RgbImage};
 use serde_json::Value;
