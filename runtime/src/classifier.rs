@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tract_nnef::prelude::*;
+use tract_nnef::tract_core::internal::DimLike;
 use tract_nnef::tract_core::ops::Cost;
 
 use crate::error::{Error, Result, chain};
 use crate::metadata::ModelMetadata;
 use crate::preprocess::{Layout, Preprocess, PreprocessChanges};
-use crate::scores::OutputKind;
+use crate::scores::{OutputKind, class_count};
 
 mod nnef;
 #[cfg(feature = "onnx")]
@@ -60,10 +61,13 @@ pub struct ModelInfo {
     /// What the ONNX file declares (kept in NNEF archives made from it).
     #[serde(flatten)]
     pub graph: GraphFacts,
+    /// Channels of the input image: 1 (grayscale) or 3 (RGB).
     pub channels: usize,
     /// Fixed batch size of the graph, `None` when dynamic.
     pub fixed_batch: Option<usize>,
+    /// Classes scored (2 for a model with one sigmoid output).
     pub num_classes: usize,
+    /// What the output's numbers are, so fennec knows how to make probabilities.
     pub output_kind: OutputKind,
     /// Multiply-adds x 2 per image, from tract's cost model.
     pub flops_per_image: Option<u64>,
@@ -87,6 +91,20 @@ pub struct GraphFacts {
     pub output_shape: Vec<String>,
     pub layout: Layout,
     pub parameters: u64,
+}
+
+/// What a reader (ONNX or NNEF) made of a model file, for [`Classifier::assemble`].
+struct Found {
+    graph: GraphFacts,
+    metadata: ModelMetadata,
+    output_kind: OutputKind,
+    /// Raw outputs per image: 1 for a sigmoid unit, else one per class.
+    raw_classes: usize,
+    /// The labels the file itself carries, and where they came from.
+    file_labels: Option<(Vec<String>, Source)>,
+    preprocess: (Preprocess, Source),
+    /// With its input fact set: the batch dimension fixed by the graph, or symbolic.
+    typed: TypedModel,
 }
 
 type Plan = Arc<TypedRunnableModel>;
@@ -125,26 +143,50 @@ impl Classifier {
         }
     }
 
-    /// The classifier of a loaded model (ONNX or NNEF), with its FLOPs counted.
+    /// The classifier of a model a reader has read: labels settled, facts gathered,
+    /// FLOPs counted.
     fn assemble(
-        info: ModelInfo,
-        labels: Vec<String>,
-        preprocess: Preprocess,
-        typed: TypedModel,
-        batch_symbol: Option<Symbol>,
-        raw_classes: usize,
-    ) -> Classifier {
+        path: &Path,
+        file_size: usize,
+        options: &LoadOptions,
+        found: Found,
+    ) -> Result<Classifier> {
+        let num_classes = class_count(found.raw_classes);
+        let (labels, labels_source) =
+            resolve::labels(path, options, found.file_labels, num_classes)?;
+        let (preprocess, preprocess_source) = found.preprocess;
+        let input = found
+            .typed
+            .input_fact(0)
+            .map_err(|e| Error::tract(path, &e))?;
+        let batch = input.shape[0].clone();
+        let info = ModelInfo {
+            path: path.into(),
+            file_size: file_size as u64,
+            graph: found.graph,
+            channels: preprocess.channels(),
+            fixed_batch: batch.to_usize().ok(),
+            num_classes,
+            output_kind: found.output_kind,
+            flops_per_image: None,
+            labels_source,
+            preprocess_source,
+            metadata: found.metadata,
+        };
         let mut classifier = Classifier {
             info,
             labels,
             preprocess,
-            typed,
-            batch_symbol,
-            raw_classes,
+            typed: found.typed,
+            batch_symbol: match batch {
+                TDim::Sym(s) => Some(s),
+                _ => None,
+            },
+            raw_classes: found.raw_classes,
             plans: Mutex::new(HashMap::new()),
         };
         classifier.info.flops_per_image = classifier.flops_per_image();
-        classifier
+        Ok(classifier)
     }
 
     /// Batch sizes this model accepts: `None` = any.

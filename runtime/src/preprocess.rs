@@ -24,21 +24,9 @@ use crate::decode::{DecodeLimits, decode_file};
 use crate::error::{Error, ImageError, Result};
 
 /// Colour mode of the model input.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    EnumString,
-    VariantNames,
-    EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::Display, EnumString, VariantNames, EnumMessage)]
 #[strum(serialize_all = "snake_case")]
 pub enum ColorMode {
     /// Three channels, R, G, B. Alpha is dropped, grey is replicated.
@@ -49,21 +37,9 @@ pub enum ColorMode {
 }
 
 /// How the image is fitted to the input size.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    EnumString,
-    VariantNames,
-    EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::Display, EnumString, VariantNames, EnumMessage)]
 #[strum(serialize_all = "snake_case")]
 pub enum ResizeMode {
     /// Resize to exactly height x width, ignoring aspect ratio (Keras'
@@ -77,21 +53,9 @@ pub enum ResizeMode {
 }
 
 /// Resampling filter. Convolution filters widen on downscaling like Pillow's.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    EnumString,
-    VariantNames,
-    EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::Display, EnumString, VariantNames, EnumMessage)]
 #[strum(serialize_all = "snake_case")]
 pub enum ResizeFilter {
     /// Nearest neighbour: Keras' `load_img` default.
@@ -106,21 +70,9 @@ pub enum ResizeFilter {
 }
 
 /// Memory layout of the input tensor.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    EnumString,
-    VariantNames,
-    EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::Display, EnumString, VariantNames, EnumMessage)]
 #[strum(serialize_all = "snake_case")]
 pub enum Layout {
     /// `[batch, channels, height, width]` (PyTorch, burn, ONNX convention).

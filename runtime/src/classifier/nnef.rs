@@ -8,13 +8,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tract_nnef::prelude::*;
-use tract_nnef::tract_core::internal::DimLike;
 
-use super::{Classifier, GraphFacts, LoadOptions, ModelInfo, Source, resolve};
+use super::{Classifier, Found, GraphFacts, LoadOptions, Source, resolve};
 use crate::error::{Error, Result, chain};
 use crate::metadata::ModelMetadata;
 use crate::preprocess::Preprocess;
-use crate::scores::{OutputKind, class_count};
+use crate::scores::OutputKind;
 
 /// The model property holding [`Stored`]: its JSON, hex-encoded, as a string. NNEF
 /// string literals do not round-trip every character (an apostrophe fails to
@@ -111,13 +110,7 @@ pub(super) fn load(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<C
     })?;
 
     // The input fact was fixed at conversion: the spec must make that tensor.
-    let dims: Vec<TDim> = typed
-        .input_fact(0)
-        .map_err(tract)?
-        .shape
-        .iter()
-        .cloned()
-        .collect();
+    let dims = typed.input_fact(0).map_err(tract)?.shape.to_tvec();
     let want = preprocess.batch_shape(1);
     let same = dims.len() == want.len()
         && dims
@@ -138,35 +131,16 @@ pub(super) fn load(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<C
             ),
         ));
     }
-    let batch_symbol = match &dims[0] {
-        TDim::Sym(s) => Some(s.clone()),
-        _ => None,
-    };
-    let file_labels = Some((stored.labels, stored.labels_source));
-    let num_classes = class_count(stored.raw_classes);
-    let (labels, labels_source) = resolve::labels(path, options, file_labels, num_classes)?;
-
-    let info = ModelInfo {
-        path: path.into(),
-        file_size: bytes.len() as u64,
+    let found = Found {
         graph: stored.graph,
-        channels: preprocess.channels(),
-        fixed_batch: dims[0].to_usize().ok(),
-        num_classes,
-        output_kind: stored.output_kind,
-        flops_per_image: None,
-        labels_source,
-        preprocess_source,
         metadata: stored.metadata,
-    };
-    Ok(Classifier::assemble(
-        info,
-        labels,
-        preprocess,
+        output_kind: stored.output_kind,
+        raw_classes: stored.raw_classes,
+        file_labels: Some((stored.labels, stored.labels_source)),
+        preprocess: (preprocess, preprocess_source),
         typed,
-        batch_symbol,
-        stored.raw_classes,
-    ))
+    };
+    Classifier::assemble(path, bytes.len(), options, found)
 }
 
 /// What `fennec convert` stored in the archive's [`PROPERTY`].

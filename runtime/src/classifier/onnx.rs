@@ -14,11 +14,11 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 
-use super::{Classifier, GraphFacts, LoadOptions, ModelInfo, Source, resolve};
+use super::{Classifier, Found, GraphFacts, LoadOptions, Source, resolve};
 use crate::error::{Error, Result, chain};
 use crate::metadata::ModelMetadata;
 use crate::preprocess::{ColorMode, Layout, Preprocess, PreprocessChanges};
-use crate::scores::{OutputKind, class_count};
+use crate::scores::OutputKind;
 
 /// Loads the ONNX model in `bytes` (read from `path`) as a classifier.
 pub(super) fn load(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Classifier> {
@@ -51,52 +51,38 @@ pub(super) fn load(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<C
         })?;
     image.check(path, &preprocess, preprocess_source)?;
 
-    let (typed, batch_symbol) = typed_model(&onnx, &proto, path, &preprocess, image.fixed_batch())?;
+    let typed = typed_model(&onnx, &proto, path, &preprocess, image.fixed_batch())?;
     let scores = ClassOutput::read(&typed, graph, output, path)?;
-    let num_classes = class_count(scores.raw_classes);
-    let file_labels = metadata.labels.clone().map(|l| (l, Source::Metadata));
-    let (labels, labels_source) = resolve::labels(path, options, file_labels, num_classes)?;
-
-    let info = ModelInfo {
-        path: path.into(),
-        file_size: bytes.len() as u64,
-        graph: GraphFacts {
-            producer: proto.producer_name.clone(),
-            producer_version: proto.producer_version.clone(),
-            opset: proto
-                .opset_import
-                .iter()
-                .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-                .map_or(0, |o| o.version),
-            ir_version: proto.ir_version,
-            input_name: image.name.into(),
-            input_shape: image.dims.iter().map(Dim::to_string).collect(),
-            output_name: output.name.clone(),
-            output_shape: scores.shape,
-            layout: image.layout,
-            parameters: graph
-                .initializer
-                .iter()
-                .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
-                .sum(),
-        },
-        channels: image.channels,
-        fixed_batch: image.fixed_batch(),
-        num_classes,
-        output_kind: scores.kind,
-        flops_per_image: None,
-        labels_source,
-        preprocess_source,
-        metadata,
+    let graph_facts = GraphFacts {
+        producer: proto.producer_name.clone(),
+        producer_version: proto.producer_version.clone(),
+        opset: proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map_or(0, |o| o.version),
+        ir_version: proto.ir_version,
+        input_name: image.name.into(),
+        input_shape: image.dims.iter().map(Dim::to_string).collect(),
+        output_name: output.name.clone(),
+        output_shape: scores.shape,
+        layout: image.layout,
+        parameters: graph
+            .initializer
+            .iter()
+            .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
+            .sum(),
     };
-    Ok(Classifier::assemble(
-        info,
-        labels,
-        preprocess,
+    let found = Found {
+        graph: graph_facts,
+        file_labels: metadata.labels.clone().map(|l| (l, Source::Metadata)),
+        metadata,
+        output_kind: scores.kind,
+        raw_classes: scores.raw_classes,
+        preprocess: (preprocess, preprocess_source),
         typed,
-        batch_symbol,
-        scores.raw_classes,
-    ))
+    };
+    Classifier::assemble(path, bytes.len(), options, found)
 }
 
 /// The model's graph, refusing files without one or with an empty one.
@@ -298,7 +284,7 @@ fn typed_model(
     path: &Path,
     spec: &Preprocess,
     fixed_batch: Option<usize>,
-) -> Result<(TypedModel, Option<Symbol>)> {
+) -> Result<TypedModel> {
     let tract = |e: TractError| Error::tract(path, &e);
     let dir = path.parent().and_then(|d| d.to_str());
     let parsed = onnx.parse(proto, dir).map_err(tract)?;
@@ -309,23 +295,19 @@ fn typed_model(
         ));
     }
     let mut model = parsed.model;
-    let (batch_symbol, batch_dim): (Option<Symbol>, TDim) = match fixed_batch {
-        Some(b) => (None, b.into()),
-        None => {
-            let n = model.symbols.sym("N");
-            (Some(n.clone()), n.into())
-        }
+    let batch_dim: TDim = match fixed_batch {
+        Some(b) => b.into(),
+        None => model.symbols.sym("N").into(),
     };
     let mut shape: Vec<TDim> = spec.batch_shape(1).iter().map(|&d| d.into()).collect();
     shape[0] = batch_dim;
     model
         .set_input_fact(0, f32::fact(&shape).into())
         .map_err(tract)?;
-    let typed = model
+    model
         .into_typed()
         .and_then(|m| m.into_decluttered())
-        .map_err(tract)?;
-    Ok((typed, batch_symbol))
+        .map_err(tract)
 }
 
 /// The graph's output: float scores shaped `[N, K]` (trailing unit axes allowed).
