@@ -53,28 +53,8 @@ pub(super) fn load(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<C
 
     let typed = typed_model(&onnx, &proto, path, &preprocess, image.fixed_batch())?;
     let scores = ClassOutput::read(&typed, graph, output, path)?;
-    let graph_facts = GraphFacts {
-        producer: proto.producer_name.clone(),
-        producer_version: proto.producer_version.clone(),
-        opset: proto
-            .opset_import
-            .iter()
-            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-            .map_or(0, |o| o.version),
-        ir_version: proto.ir_version,
-        input_name: image.name.into(),
-        input_shape: image.dims.iter().map(Dim::to_string).collect(),
-        output_name: output.name.clone(),
-        output_shape: scores.shape,
-        layout: image.layout,
-        parameters: graph
-            .initializer
-            .iter()
-            .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
-            .sum(),
-    };
     let found = Found {
-        graph: graph_facts,
+        graph: graph_facts(&proto, graph, &image, output, scores.shape),
         file_labels: metadata.labels.clone().map(|l| (l, Source::Metadata)),
         metadata,
         output_kind: scores.kind,
@@ -391,6 +371,36 @@ fn output_kind(graph: &pb::GraphProto, output: &str, raw_classes: usize) -> Outp
         (1, _) => OutputKind::BinaryLogit,
         (_, "Softmax") => OutputKind::Probabilities,
         _ => OutputKind::Logits,
+    }
+}
+
+/// What `fennec info` shows about the file's graph.
+fn graph_facts(
+    proto: &pb::ModelProto,
+    graph: &pb::GraphProto,
+    image: &ImageInput,
+    output: &pb::ValueInfoProto,
+    output_shape: Vec<String>,
+) -> GraphFacts {
+    GraphFacts {
+        producer: proto.producer_name.clone(),
+        producer_version: proto.producer_version.clone(),
+        opset: proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map_or(0, |o| o.version),
+        ir_version: proto.ir_version,
+        input_name: image.name.into(),
+        input_shape: image.dims.iter().map(Dim::to_string).collect(),
+        output_name: output.name.clone(),
+        output_shape,
+        layout: image.layout,
+        parameters: graph
+            .initializer
+            .iter()
+            .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
+            .sum(),
     }
 }
 

@@ -124,12 +124,12 @@ pub fn print_defaults_note(c: &Classifier) {
     }
 }
 
-fn parse_size(s: &str) -> Result<Size, String> {
+fn parse_size(s: &str) -> Result<Size> {
     let (h, w) = s.split_once(['x', 'X']).unwrap_or((s, s));
     let parse = |v: &str| v.trim().parse::<u32>().ok().filter(|&v| v > 0);
     match (parse(h), parse(w)) {
         (Some(height), Some(width)) => Ok(Size { height, width }),
-        _ => Err(format!("'{s}' is not a size like 224x224 or 224")),
+        _ => anyhow::bail!("'{s}' is not a size like 224x224 or 224"),
     }
 }
 
@@ -165,9 +165,9 @@ mod tests {
 
     #[test]
     fn sizes() {
-        let size = |height, width| Ok(Size { height, width });
-        assert_eq!(parse_size("224x200"), size(224, 200));
-        assert_eq!(parse_size("28"), size(28, 28));
+        let size = |height, width| Size { height, width };
+        assert_eq!(parse_size("224x200").unwrap(), size(224, 200));
+        assert_eq!(parse_size("28").unwrap(), size(28, 28));
         assert!(parse_size("0x5").is_err());
         assert!(parse_size("abc").is_err());
     }
