@@ -113,6 +113,7 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "onnx")]
     pub(crate) fn invalid_model(path: &Path, reason: impl Into<String>) -> Error {
         Error::InvalidModel {
             path: path.into(),
