@@ -95,7 +95,7 @@ fn check(what: &str, got: &[Vec<f32>], want: &Expected) {
             .map(|(a, b)| (a - b).abs())
             .fold(worst, f32::max);
         assert_eq!(
-            fennec_runtime::classifier::top_k(g, 1)[0],
+            fennec_runtime::scores::top_k(g, 1)[0],
             want.argmax[i],
             "{what}: argmax of row {i}"
         );
@@ -194,7 +194,7 @@ fn regenerate() {
     let rows: Vec<Vec<f32>> = p.chunks(LABELS.len()).map(<[f32]>::to_vec).collect();
     let argmax: Vec<usize> = rows
         .iter()
-        .map(|r| fennec_runtime::classifier::top_k(r, 1)[0])
+        .map(|r| fennec_runtime::scores::top_k(r, 1)[0])
         .collect();
     let expected = json!({
         "about": "burn's probabilities for input.bin (little-endian f32, NCHW) through weights.bpk; \

@@ -155,7 +155,7 @@ fn cases() -> &'static [Case] {
 }
 
 fn argmax(row: &[f32]) -> usize {
-    fennec_runtime::classifier::top_k(row, 1)[0]
+    fennec_runtime::scores::top_k(row, 1)[0]
 }
 
 /// Max |a - b| and the rows whose argmax differ.

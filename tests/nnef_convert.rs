@@ -6,7 +6,7 @@ use std::fs;
 
 use fennec_e2e::*;
 use fennec_runtime::metadata::ModelMetadata;
-use fennec_runtime::onnx::{Attr, GraphBuilder};
+use fennec_runtime::onnx_writer::{Attr, GraphBuilder};
 use predicates::str::contains;
 use serde_json::Value;
 

@@ -1,13 +1,14 @@
 //! Writing files whole or not at all.
 //!
 //! Every file fennec writes (reports, checkpoints, ONNX models) goes through
-//! [`write_atomic`]: the bytes go to a temporary file beside the target, are flushed
-//! to disk, and the temporary file is renamed over the target. A crash, a full disk
-//! or Ctrl-C leaves either the old file or the new one, never half of one.
+//! [`write_atomic`]: the bytes go to a temporary file beside the target (tempfile's
+//! `NamedTempFile`), are flushed to disk, and the temporary file is renamed over the
+//! target. A crash, a full disk or Ctrl-C leaves either the old file or the new
+//! one, never half of one.
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Writes what `fill` produces to `path` atomically. On error the target is untouched
 /// and the temporary file is removed.
@@ -15,35 +16,32 @@ pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut io::BufWriter<&fs::File>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let tmp = temp_path(path);
-    let result = (|| {
-        let file = fs::File::create(&tmp)?;
-        let mut w = io::BufWriter::new(&file);
-        fill(&mut w)?;
-        w.flush()?;
-        drop(w);
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // `dir/.name.tmpXXXXXX`: hidden, on the target's filesystem (so the rename is
+    // atomic), deleted when dropped before `persist`.
+    let prefix = format!(".{name}.tmp");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    // The permissions `File::create` gives (0666 less the umask), not tempfile's 0600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.tempfile_in(dir)?;
+    let mut w = io::BufWriter::new(tmp.as_file());
+    fill(&mut w)?;
+    w.flush()?;
+    drop(w);
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// [`write_atomic`] for bytes already in memory.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
-}
-
-/// `dir/.name.tmp-<pid>`: same folder (so the rename stays on one filesystem),
-/// hidden, and unique per process.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 #[cfg(test)]
@@ -71,6 +69,16 @@ mod tests {
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn permissions_are_those_of_a_created_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (atomic, plain) = (dir.path().join("a"), dir.path().join("b"));
+        write_bytes_atomic(&atomic, b"x").unwrap();
+        fs::write(&plain, b"x").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions();
+        assert_eq!(mode(&atomic), mode(&plain));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Typed errors of the runtime library.
 //!
-//! Every variant carries the file it is about, so that a caller can print one line
-//! (`{error}`) that names the file and the cause. Binaries wrap these in `anyhow`.
+//! One policy: the library returns these (thiserror), the binary wraps them in
+//! `anyhow`. An error about a file names it, so that a caller can print one line
+//! (`{error}`) with the file and the cause.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use tract_nnef::prelude::TractError;
 
 /// Why one image could not be turned into a tensor. Kept separate from [`Error`]
 /// because a folder scan reports and skips these instead of failing.
@@ -75,11 +78,9 @@ impl ImageError {
 pub enum Error {
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// A file that cannot be read: from `fs-err`, whose message names the file.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     #[error("{path}: not a valid ONNX model: {reason}")]
     InvalidModel { path: PathBuf, reason: String },
     #[error("{path}: not an image classifier: {reason}")]
@@ -92,18 +93,52 @@ pub enum Error {
         key: String,
         reason: String,
     },
+    /// A spec that cannot make a tensor; callers add the file it came from.
     #[error("invalid preprocessing spec: {0}")]
     Preprocess(String),
+    /// A folder, file list, pattern or labels file named by the user that cannot be used.
     #[error("{path}: {reason}")]
-    Folder { path: PathBuf, reason: String },
-    #[error("{path}: {reason}")]
-    Labels { path: PathBuf, reason: String },
+    Input { path: PathBuf, reason: String },
+    #[error("cannot start decode threads: {0}")]
+    DecodeThreads(#[from] rayon::ThreadPoolBuildError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `tract`'s errors are `anyhow` chains; keep the whole chain on one line.
-pub(crate) fn chain(e: &anyhow::Error) -> String {
+impl Error {
+    pub(crate) fn input(path: &Path, reason: impl Into<String>) -> Error {
+        Error::Input {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    #[cfg(feature = "onnx")]
+    pub(crate) fn invalid_model(path: &Path, reason: impl Into<String>) -> Error {
+        Error::InvalidModel {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn not_a_classifier(path: &Path, reason: impl Into<String>) -> Error {
+        Error::NotAClassifier {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// tract's error about the model at `path`.
+    pub(crate) fn tract(path: &Path, e: &TractError) -> Error {
+        Error::Tract {
+            path: path.into(),
+            reason: chain(e),
+        }
+    }
+}
+
+/// tract's errors are `anyhow` chains; keep the whole chain on one line.
+pub(crate) fn chain(e: &TractError) -> String {
     let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
     parts.dedup();
     parts.join(": ").replace('\n', " ")

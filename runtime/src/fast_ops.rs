@@ -472,7 +472,7 @@ impl TypedOp for FusedConv {
 pub(crate) mod tests {
     use super::*;
     use crate::metadata::ModelMetadata;
-    use crate::onnx::{Attr, GraphBuilder};
+    use crate::onnx_writer::{Attr, GraphBuilder};
     use tract_nnef::tract_core::tract_linalg::multithread::multithread_tract_scope;
     use tract_onnx::prelude::{Framework, InferenceModelExt};
 

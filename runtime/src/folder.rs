@@ -52,10 +52,7 @@ impl ClassFolders {
 /// has no class sub-folders. Hidden entries (`.name`) are ignored; an empty class
 /// folder is kept (with zero files) so class indices stay stable.
 pub fn scan_class_folders(root: &Path) -> Result<ClassFolders> {
-    let folder_err = |reason: String| Error::Folder {
-        path: root.to_path_buf(),
-        reason,
-    };
+    let folder_err = |reason: String| Error::input(root, reason);
     let meta = fs::metadata(root).map_err(|e| folder_err(io_reason(&e)))?;
     if !meta.is_dir() {
         return Err(folder_err("not a directory".into()));
@@ -113,17 +110,11 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>)>
         let is_pattern = !input.exists() && text.contains(['*', '?', '[']);
         if is_pattern {
             let matches: Vec<PathBuf> = glob::glob(&text)
-                .map_err(|e| Error::Folder {
-                    path: input.clone(),
-                    reason: format!("bad pattern: {e}"),
-                })?
+                .map_err(|e| Error::input(input, format!("bad pattern: {e}")))?
                 .filter_map(|m| m.ok())
                 .collect();
             if matches.is_empty() {
-                return Err(Error::Folder {
-                    path: input.clone(),
-                    reason: "pattern matches no file".into(),
-                });
+                return Err(Error::input(input, "pattern matches no file"));
             }
             for m in matches {
                 if m.is_dir() {
@@ -136,10 +127,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>)>
             let before = files.len();
             walk(input, 0, &mut files, &mut skipped);
             if files.len() == before && skipped.is_empty() {
-                return Err(Error::Folder {
-                    path: input.clone(),
-                    reason: "no image files in this directory".into(),
-                });
+                return Err(Error::input(input, "no image files in this directory"));
             }
             files[before..].sort();
         } else {
@@ -210,20 +198,14 @@ fn skip(path: &Path, kind: &str, reason: &str) -> Skipped {
 /// Reads a labels file: one class name per line, surrounding blanks trimmed, empty
 /// lines at the end ignored. Empty lines in the middle or duplicates are errors.
 pub fn read_labels(path: &Path) -> Result<Vec<String>> {
-    let text = fs::read_to_string(path).map_err(|e| Error::Io {
-        path: path.into(),
-        source: e,
-    })?;
+    let text = fs_err::read_to_string(path)?;
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     let end = lines
         .iter()
         .rposition(|l| !l.is_empty())
         .map_or(0, |i| i + 1);
     let labels: Vec<String> = lines[..end].iter().map(|s| s.to_string()).collect();
-    let bad = |reason: String| Error::Labels {
-        path: path.into(),
-        reason,
-    };
+    let bad = |reason: String| Error::input(path, reason);
     if labels.is_empty() {
         return Err(bad("no labels in the file".into()));
     }

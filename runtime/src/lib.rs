@@ -6,7 +6,9 @@
 //! - [`decode`]: image file → pixels, safely (bad files become typed errors).
 //! - [`preprocess`]: the [`Preprocess`] spec and pixels → input tensor.
 //! - [`metadata`]: the keys a fennec ONNX file carries (labels, preprocessing).
-//! - [`classifier`]: load an ONNX model with tract, run batches, get probabilities.
+//! - [`classifier`]: load an ONNX model with tract, run batches, get probabilities
+//!   (the readers: `classifier/onnx.rs`, `classifier/nnef.rs`).
+//! - [`scores`]: raw outputs → probabilities (softmax, sigmoid), top-k.
 //! - [`fast_ops`], [`conv_kernels`]: fennec's own convolution + ReLU + max-pool
 //!   kernels and batch-1 dense layer, swapped into tract's graph where they apply
 //!   (see bench/README.md).
@@ -15,8 +17,11 @@
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
 //! - [`atomic`]: files written whole or not at all.
 //! - [`progress`]: the one progress-bar look of both binaries.
-//! - [`onnx`]: writing ONNX files (used by the trainer's exporter and test fixtures;
-//!   feature `onnx`, on by default).
+//! - [`onnx_writer`]: writing ONNX files (used by the trainer's exporter and test
+//!   fixtures; feature `onnx`, on by default).
+//!
+//! Errors ([`error`]) are typed (thiserror) and name the file; the `fennec` binary
+//! (feature `cli`) adds clap and anyhow, which the library does not use.
 
 pub mod atomic;
 pub mod classifier;
@@ -28,16 +33,18 @@ pub mod folder;
 pub mod metadata;
 pub mod metrics;
 #[cfg(feature = "onnx")]
-pub mod onnx;
+pub mod onnx_writer;
 pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
+pub mod scores;
 
-pub use classifier::{Classifier, LoadOptions, ModelInfo, OutputKind, Source};
+pub use classifier::{Classifier, LoadOptions, ModelInfo, Source};
 pub use decode::DecodeLimits;
 pub use error::{Error, ImageError, Result};
 pub use metadata::ModelMetadata;
-pub use preprocess::{ColorMode, Layout, Preprocess, ResizeFilter, ResizeMode};
+pub use preprocess::{ColorMode, Layout, Preprocess, PreprocessChanges, ResizeFilter, ResizeMode};
+pub use scores::OutputKind;
 
 /// fennec's version, written into exported models.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::classifier::top_k;
+use crate::scores::top_k;
 
 /// Accumulates predictions; memory is O(classes²) whatever the number of images.
 #[derive(Debug, Clone)]

@@ -53,8 +53,7 @@ pub fn classify_files(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.decode_threads.max(1))
         .thread_name(|i| format!("fennec-decode-{i}"))
-        .build()
-        .map_err(|e| Error::Preprocess(format!("cannot start decode threads: {e}")))?;
+        .build()?;
     let preprocess = &classifier.preprocess;
     let limits = options.limits;
     let len = preprocess.tensor_len();

@@ -8,19 +8,26 @@
 //! (Pillow's rules, as Keras uses Pillow) → geometry (stretch / centre-crop /
 //! letterbox, with the chosen filter) → `x * scale`, then `(x - mean[c]) / std[c]` →
 //! layout (NCHW or NHWC).
+//!
+//! The spec's enums are named as in its YAML (`center_crop`) both by serde and by
+//! strum (`Display`, `FromStr`, the list of names and their doc comments), so the
+//! command line can offer them without the library depending on clap.
 
 use std::path::Path;
 
 use fast_image_resize::{self as fr, FilterType, PixelType, ResizeAlg, ResizeOptions};
 use image::DynamicImage;
 use serde::{Deserialize, Serialize};
+use strum::{EnumMessage, EnumString, VariantNames};
 
 use crate::decode::{DecodeLimits, decode_file};
 use crate::error::{Error, ImageError, Result};
 
 /// Colour mode of the model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::Display, EnumString, VariantNames, EnumMessage)]
+#[strum(serialize_all = "snake_case")]
 pub enum ColorMode {
     /// Three channels, R, G, B. Alpha is dropped, grey is replicated.
     #[default]
@@ -30,8 +37,10 @@ pub enum ColorMode {
 }
 
 /// How the image is fitted to the input size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::Display, EnumString, VariantNames, EnumMessage)]
+#[strum(serialize_all = "snake_case")]
 pub enum ResizeMode {
     /// Resize to exactly height x width, ignoring aspect ratio (Keras'
     /// `flow_from_directory`, `load_img(target_size=...)`).
@@ -44,8 +53,10 @@ pub enum ResizeMode {
 }
 
 /// Resampling filter. Convolution filters widen on downscaling like Pillow's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::Display, EnumString, VariantNames, EnumMessage)]
+#[strum(serialize_all = "snake_case")]
 pub enum ResizeFilter {
     /// Nearest neighbour: Keras' `load_img` default.
     #[default]
@@ -59,8 +70,10 @@ pub enum ResizeFilter {
 }
 
 /// Memory layout of the input tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::Display, EnumString, VariantNames, EnumMessage)]
+#[strum(serialize_all = "snake_case")]
 pub enum Layout {
     /// `[batch, channels, height, width]` (PyTorch, burn, ONNX convention).
     #[default]
@@ -183,12 +196,7 @@ impl Preprocess {
         };
         let mut s = format!(
             "{}x{} {}, {}/{}, {}",
-            self.height,
-            self.width,
-            enum_name(&self.color),
-            enum_name(&self.resize),
-            enum_name(&self.filter),
-            scale
+            self.height, self.width, self.color, self.resize, self.filter, scale
         );
         if !self.mean.is_empty() {
             s += &format!(", mean {:?}", self.mean);
@@ -196,7 +204,7 @@ impl Preprocess {
         if !self.std.is_empty() {
             s += &format!(", std {:?}", self.std);
         }
-        s + &format!(", {}", enum_name(&self.layout).to_uppercase())
+        s + &format!(", {}", self.layout.to_string().to_uppercase())
     }
 
     /// Decodes `path` and writes its tensor (length [`Self::tensor_len`]) into a new vector.
@@ -311,54 +319,37 @@ impl Preprocess {
     }
 }
 
-/// Command-line changes to a spec: each `Some` field replaces the spec's value.
+/// Changes to some fields of a spec, written as the spec itself is in YAML or JSON
+/// (`{filter: lanczos3, height: 32, width: 32}`) and applied through serde, so every
+/// field has one spelling: [`Preprocess`]'s. The command line's preprocessing flags
+/// (`--filter lanczos3`) become one of these, applied over the model's own spec.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Overrides {
-    /// `(height, width)`.
-    pub size: Option<(u32, u32)>,
-    pub color: Option<ColorMode>,
-    pub resize: Option<ResizeMode>,
-    pub filter: Option<ResizeFilter>,
-    pub scale: Option<f32>,
-    pub mean: Option<Vec<f32>>,
-    pub std: Option<Vec<f32>>,
-}
+pub struct PreprocessChanges(serde_yaml::Mapping);
 
-impl Overrides {
+impl PreprocessChanges {
+    /// The fields that `changes` serialises to: a struct named like the spec whose
+    /// unset fields are skipped, or a map.
+    pub fn from_fields(changes: &impl Serialize) -> Result<Self> {
+        match serde_yaml::to_value(changes) {
+            Ok(serde_yaml::Value::Mapping(fields)) => Ok(PreprocessChanges(fields)),
+            Ok(other) => Err(Error::Preprocess(format!(
+                "changes must be spec fields, got {other:?}"
+            ))),
+            Err(e) => Err(Error::Preprocess(e.to_string())),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        *self == Overrides::default()
+        self.0.is_empty()
     }
 
-    pub fn apply(&self, p: &mut Preprocess) {
-        if let Some((h, w)) = self.size {
-            (p.height, p.width) = (h, w);
-        }
-        if let Some(c) = self.color {
-            p.color = c;
-        }
-        if let Some(r) = self.resize {
-            p.resize = r;
-        }
-        if let Some(f) = self.filter {
-            p.filter = f;
-        }
-        if let Some(s) = self.scale {
-            p.scale = s;
-        }
-        if let Some(m) = &self.mean {
-            p.mean = m.clone();
-        }
-        if let Some(s) = &self.std {
-            p.std = s.clone();
-        }
+    /// `spec` with these changes made; an unknown field or a wrong value is an error.
+    pub fn apply(&self, spec: &Preprocess) -> Result<Preprocess> {
+        let mut value = serde_yaml::to_value(spec).expect("plain data serialises");
+        let fields = value.as_mapping_mut().expect("a spec is a mapping");
+        fields.extend(self.0.clone());
+        serde_yaml::from_value(value).map_err(|e| Error::Preprocess(e.to_string()))
     }
-}
-
-fn enum_name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Decoded image → interleaved 8-bit pixels in the wanted colour mode, following
@@ -524,6 +515,57 @@ mod tests {
         assert!(s.validate().is_err());
         s.std = vec![];
         assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn changes_apply_through_the_spec_serde_form() {
+        let base = spec(28, 28, ColorMode::Grayscale);
+        let none = PreprocessChanges::from_fields(&serde_json::json!({})).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(none.apply(&base).unwrap(), base);
+        let changes = PreprocessChanges::from_fields(&serde_json::json!({
+            "height": 8, "width": 9, "filter": ResizeFilter::Lanczos3, "mean": [0.5]
+        }))
+        .unwrap();
+        let changed = changes.apply(&base).unwrap();
+        assert_eq!((changed.height, changed.width), (8, 9));
+        assert_eq!(
+            (changed.filter, changed.mean.clone()),
+            (ResizeFilter::Lanczos3, vec![0.5])
+        );
+        assert_eq!((changed.color, changed.scale), (base.color, base.scale));
+        // Values serde_json cannot carry still reach `validate`.
+        let nan = PreprocessChanges::from_fields(&std::collections::BTreeMap::from([(
+            "scale",
+            f32::NAN,
+        )]));
+        let e = nan.unwrap().apply(&base).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("scale must be"), "{e}");
+        let typo = PreprocessChanges::from_fields(&serde_json::json!({"widht": 3})).unwrap();
+        assert!(typo.apply(&base).unwrap_err().to_string().contains("widht"));
+        assert!(PreprocessChanges::from_fields(&3).is_err());
+    }
+
+    #[test]
+    fn enum_names_are_the_serde_names() {
+        for (name, value) in [
+            ("center_crop", ResizeMode::CenterCrop),
+            ("letterbox", ResizeMode::Letterbox),
+        ] {
+            assert_eq!(value.to_string(), name);
+            assert_eq!(name.parse::<ResizeMode>().unwrap(), value);
+            assert_eq!(serde_json::to_value(value).unwrap(), name);
+        }
+        assert_eq!(
+            ResizeFilter::VARIANTS,
+            ["nearest", "bilinear", "catmull_rom", "lanczos3"]
+        );
+        assert_eq!(ColorMode::VARIANTS, ["rgb", "grayscale"]);
+        assert_eq!(Layout::VARIANTS, ["nchw", "nhwc"]);
+        assert_eq!(
+            ResizeFilter::Lanczos3.get_documentation(),
+            Some("Lanczos with a = 3 (Pillow's LANCZOS).")
+        );
     }
 
     #[test]

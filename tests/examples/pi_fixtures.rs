@@ -26,7 +26,7 @@ use fennec_e2e::{
     COLORS, TinyModel, color_folders, color_image, color_model, pool_and_flatten, save,
 };
 use fennec_runtime::metadata::ModelMetadata;
-use fennec_runtime::onnx::{Attr, GraphBuilder};
+use fennec_runtime::onnx_writer::{Attr, GraphBuilder};
 use fennec_runtime::{ColorMode, Preprocess, ResizeFilter};
 use image::{Rgb, RgbImage};
 use serde_json::Value;

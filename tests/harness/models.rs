@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use fennec_runtime::metadata::ModelMetadata;
-use fennec_runtime::onnx::{Attr, GraphBuilder};
+use fennec_runtime::onnx_writer::{Attr, GraphBuilder};
 use fennec_runtime::{ColorMode, Layout, Preprocess};
 
 use crate::images::COLORS;

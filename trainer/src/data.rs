@@ -118,7 +118,7 @@ impl LabelledFolder {
     /// Scans `root/<class>/*`. Requires at least two classes.
     pub fn scan(name: &str, root: &Path) -> Result<LabelledFolder, DataError> {
         let folders = scan_class_folders(root).map_err(|e| match e {
-            fennec_runtime::Error::Folder { path, reason } => DataError::Folder { path, reason },
+            fennec_runtime::Error::Input { path, reason } => DataError::Folder { path, reason },
             other => DataError::Folder {
                 path: root.to_path_buf(),
                 reason: other.to_string(),

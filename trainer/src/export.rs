@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use fennec_runtime::metadata::ModelMetadata;
-use fennec_runtime::onnx::{Attr, FLOAT, GraphBuilder};
+use fennec_runtime::onnx_writer::{Attr, FLOAT, GraphBuilder};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -464,7 +464,7 @@ pub fn export_device() -> Device {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fennec_runtime::onnx::pb;
+    use fennec_runtime::onnx_writer::pb;
     use prost::Message;
 
     const ALL: &str = r#"

@@ -8,12 +8,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tract_nnef::prelude::*;
-use tract_nnef::tract_core::internal::DimLike;
 
-use super::{Classifier, ModelInfo, OutputKind, Source, check_labels, class_count};
+use super::{Classifier, Found, GraphFacts, LoadOptions, Source, resolve};
 use crate::error::{Error, Result, chain};
 use crate::metadata::ModelMetadata;
-use crate::preprocess::{Layout, Preprocess};
+use crate::preprocess::Preprocess;
+use crate::scores::OutputKind;
 
 /// The model property holding [`Stored`]: its JSON, hex-encoded, as a string. NNEF
 /// string literals do not round-trip every character (an apostrophe fails to
@@ -27,18 +27,10 @@ const FORMAT: u32 = 1;
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {
     format: u32,
-    producer: String,
-    producer_version: String,
-    opset: i64,
-    ir_version: i64,
-    input_name: String,
-    input_shape: Vec<String>,
-    output_name: String,
-    output_shape: Vec<String>,
-    layout: Layout,
+    #[serde(flatten)]
+    graph: GraphFacts,
     output_kind: OutputKind,
     raw_classes: usize,
-    parameters: u64,
     labels: Vec<String>,
     labels_source: Source,
     preprocess: Preprocess,
@@ -64,7 +56,7 @@ pub(super) fn lite_cannot_read_onnx(path: &Path) -> Error {
 
 impl Classifier {
     /// The model as a gzipped NNEF archive (`.nnef.tgz`) that [`Classifier::load`]
-    /// reads back, in any build, with the same labels and preprocessing (overrides
+    /// reads back, in any build, with the same labels and preprocessing (changes
     /// given at load time included). Only tract-core operators are written, so what
     /// converts also loads in the lite build; the archive is byte-for-byte
     /// reproducible.
@@ -73,18 +65,9 @@ impl Classifier {
         let i = &self.info;
         let stored = Stored {
             format: FORMAT,
-            producer: i.producer.clone(),
-            producer_version: i.producer_version.clone(),
-            opset: i.opset,
-            ir_version: i.ir_version,
-            input_name: i.input_name.clone(),
-            input_shape: i.input_shape.clone(),
-            output_name: i.output_name.clone(),
-            output_shape: i.output_shape.clone(),
-            layout: i.layout,
+            graph: i.graph.clone(),
             output_kind: i.output_kind,
             raw_classes: self.raw_classes,
-            parameters: i.parameters,
             labels: self.labels.clone(),
             labels_source: i.labels_source,
             preprocess: self.preprocess.clone(),
@@ -100,8 +83,9 @@ impl Classifier {
         // tract's copies of the ONNX metadata (`onnx.*`) are in `stored` already and
         // may hold characters NNEF strings cannot carry.
         model.properties.retain(|k, _| !k.starts_with("onnx."));
-        let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
-        model.properties.insert(PROPERTY.into(), rctensor0(hex));
+        model
+            .properties
+            .insert(PROPERTY.into(), rctensor0(hex::encode(json)));
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         let gz = tract_nnef::nnef()
             .write_to_tar_with_config(&model, gz, false, true)
@@ -111,135 +95,79 @@ impl Classifier {
             reason: e.to_string(),
         })
     }
+}
 
-    pub(super) fn from_nnef(
-        bytes: &[u8],
-        path: &Path,
-        options: &super::LoadOptions,
-    ) -> Result<Classifier> {
-        let tract_err = |e: TractError| Error::Tract {
-            path: path.into(),
-            reason: chain(&e),
-        };
-        let not_classifier = |reason: String| Error::NotAClassifier {
-            path: path.into(),
-            reason,
-        };
-        let bad_property = |reason: String| Error::Metadata {
-            path: path.into(),
-            key: PROPERTY.into(),
-            reason,
-        };
+/// Loads the NNEF archive in `bytes` (read from `path`) as a classifier.
+pub(super) fn load(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Classifier> {
+    let tract = |e: TractError| Error::tract(path, &e);
+    let nnef = tract_nnef::nnef();
+    let proto = nnef.proto_model_for_read(&mut &bytes[..]).map_err(tract)?;
+    let typed = nnef.model_for_proto_model(&proto).map_err(tract)?;
+    let stored = read_stored(&typed, path)?;
 
-        let nnef = tract_nnef::nnef();
-        let proto = nnef
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(tract_err)?;
-        let typed = nnef.model_for_proto_model(&proto).map_err(tract_err)?;
-        let property = typed.properties.get(PROPERTY).ok_or_else(|| {
-            bad_property(
-                "missing: not written by `fennec convert` (convert the ONNX file with it)".into(),
-            )
-        })?;
-        let hex = property
-            .try_as_plain_ram()
-            .and_then(|v| v.to_scalar::<String>().cloned())
-            .map_err(|e| bad_property(chain(&e)))?;
-        let json = from_hex(&hex).ok_or_else(|| bad_property("not a hex string".into()))?;
-        let stored: Stored =
-            serde_json::from_slice(&json).map_err(|e| bad_property(e.to_string()))?;
-        if stored.format != FORMAT {
-            return Err(bad_property(format!(
-                "format {} but this fennec reads format {FORMAT}: convert the model again",
-                stored.format
-            )));
-        }
+    let (preprocess, preprocess_source) = resolve::preprocess(path, options, || {
+        Ok((stored.preprocess, stored.preprocess_source))
+    })?;
 
-        let (labels, labels_source) = match &options.labels {
-            Some(l) => (l.clone(), Source::User),
-            None => (stored.labels.clone(), stored.labels_source),
-        };
-        let (mut preprocess, mut preprocess_source) = match &options.preprocess {
-            Some(p) => (p.clone(), Source::User),
-            None => (stored.preprocess.clone(), stored.preprocess_source),
-        };
-        if !options.overrides.is_empty() {
-            options.overrides.apply(&mut preprocess);
-            preprocess_source = Source::User;
-        }
-        preprocess
-            .validate()
-            .map_err(|e| not_classifier(e.to_string()))?;
-
-        // The input fact was fixed at conversion: the spec must make that tensor.
-        let fact = typed.input_fact(0).map_err(tract_err)?.clone();
-        let dims: Vec<TDim> = fact.shape.iter().cloned().collect();
-        let want = preprocess.batch_shape(1);
-        let same = dims.len() == want.len()
-            && dims
-                .iter()
-                .zip(&want)
-                .skip(1)
-                .all(|(d, &w)| *d == TDim::from(w));
-        if !same || preprocess.layout != stored.layout {
-            let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-            return Err(not_classifier(format!(
+    // The input fact was fixed at conversion: the spec must make that tensor.
+    let dims = typed.input_fact(0).map_err(tract)?.shape.to_tvec();
+    let want = preprocess.batch_shape(1);
+    let same = dims.len() == want.len()
+        && dims
+            .iter()
+            .zip(&want)
+            .skip(1)
+            .all(|(d, &w)| *d == TDim::from(w));
+    if !same || preprocess.layout != stored.graph.layout {
+        let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+        return Err(Error::not_a_classifier(
+            path,
+            format!(
                 "preprocessing ({preprocess_source:?}) makes {:?} {want:?} but the converted model \
                  takes {:?} [{}]; convert again with the new preprocessing",
                 preprocess.layout,
-                stored.layout,
+                stored.graph.layout,
                 shown.join(", ")
-            )));
-        }
-        let batch_symbol = match &dims[0] {
-            TDim::Sym(s) => Some(s.clone()),
-            _ => None,
-        };
-        let fixed_batch = dims[0].to_usize().ok();
-        let num_classes = class_count(stored.raw_classes);
-        check_labels(&labels, labels_source, num_classes).map_err(not_classifier)?;
-
-        let info = ModelInfo {
-            path: path.into(),
-            file_size: bytes.len() as u64,
-            producer: stored.producer,
-            producer_version: stored.producer_version,
-            opset: stored.opset,
-            ir_version: stored.ir_version,
-            input_name: stored.input_name,
-            input_shape: stored.input_shape,
-            output_name: stored.output_name,
-            output_shape: stored.output_shape,
-            layout: stored.layout,
-            channels: preprocess.channels(),
-            fixed_batch,
-            num_classes,
-            output_kind: stored.output_kind,
-            parameters: stored.parameters,
-            flops_per_image: None,
-            labels_source,
-            preprocess_source,
-            metadata: stored.metadata,
-        };
-        Ok(Classifier::assemble(
-            info,
-            labels,
-            preprocess,
-            typed,
-            batch_symbol,
-            stored.raw_classes,
-        ))
+            ),
+        ));
     }
+    let found = Found {
+        graph: stored.graph,
+        metadata: stored.metadata,
+        output_kind: stored.output_kind,
+        raw_classes: stored.raw_classes,
+        file_labels: Some((stored.labels, stored.labels_source)),
+        preprocess: (preprocess, preprocess_source),
+        typed,
+    };
+    Classifier::assemble(path, bytes.len(), options, found)
 }
 
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
+/// What `fennec convert` stored in the archive's [`PROPERTY`].
+fn read_stored(typed: &TypedModel, path: &Path) -> Result<Stored> {
+    let bad_property = |reason: String| Error::Metadata {
+        path: path.into(),
+        key: PROPERTY.into(),
+        reason,
+    };
+    let property = typed.properties.get(PROPERTY).ok_or_else(|| {
+        bad_property(
+            "missing: not written by `fennec convert` (convert the ONNX file with it)".into(),
+        )
+    })?;
+    let text = property
+        .try_as_plain_ram()
+        .and_then(|v| v.to_scalar::<String>().cloned())
+        .map_err(|e| bad_property(chain(&e)))?;
+    let json = hex::decode(text).map_err(|_| bad_property("not a hex string".into()))?;
+    let stored: Stored = serde_json::from_slice(&json).map_err(|e| bad_property(e.to_string()))?;
+    if stored.format != FORMAT {
+        return Err(bad_property(format!(
+            "format {} but this fennec reads format {FORMAT}: convert the model again",
+            stored.format
+        )));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    Ok(stored)
 }
 
 #[cfg(test)]
@@ -247,10 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_round_trip_and_nnef_sniffing() {
-        assert_eq!(from_hex("00ff7b"), Some(vec![0, 255, 0x7b]));
-        assert_eq!(from_hex("0"), None);
-        assert_eq!(from_hex("zz"), None);
+    fn nnef_sniffing() {
         assert!(is_nnef(&[0x1f, 0x8b, 8, 0]));
         assert!(!is_nnef(&[0x08, 0x08, 0x12]));
     }

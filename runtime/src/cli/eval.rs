@@ -273,58 +273,92 @@ fn write_tables(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One row of `--csv`: a class's metrics.
+#[derive(Serialize)]
+struct ClassRow<'a> {
+    class: &'a str,
+    support: u64,
+    correct: u64,
+    predicted: u64,
+    #[serde(serialize_with = "six_places")]
+    accuracy: f64,
+    #[serde(serialize_with = "six_places")]
+    precision: f64,
+    #[serde(serialize_with = "six_places")]
+    recall: f64,
+    #[serde(serialize_with = "six_places")]
+    f1: f64,
+}
+
+/// One row of `--misclassified`.
+#[derive(Serialize)]
+struct MissRow<'a> {
+    file: String,
+    true_label: &'a str,
+    predicted_label: &'a str,
+    #[serde(serialize_with = "six_places")]
+    confidence: f32,
+}
+
 fn write_class_csv(w: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
-    writeln!(
-        w,
-        "class,support,correct,predicted,accuracy,precision,recall,f1"
-    )?;
-    for m in &s.per_class {
-        writeln!(
-            w,
-            "{},{},{},{},{:.6},{:.6},{:.6},{:.6}",
-            csv_field(&m.label),
-            m.support,
-            m.correct,
-            m.predicted,
-            m.accuracy,
-            m.precision,
-            m.recall,
-            m.f1
-        )?;
-    }
-    Ok(())
+    let rows = s.per_class.iter().map(|m| ClassRow {
+        class: &m.label,
+        support: m.support,
+        correct: m.correct,
+        predicted: m.predicted,
+        accuracy: m.accuracy,
+        precision: m.precision,
+        recall: m.recall,
+        f1: m.f1,
+    });
+    write_csv(w, rows)
 }
 
 fn write_misses(w: &mut dyn Write, misses: &[Miss], labels: &[String]) -> std::io::Result<()> {
-    writeln!(w, "file,true_label,predicted_label,confidence")?;
-    for m in misses {
-        writeln!(
-            w,
-            "{},{},{},{:.6}",
-            csv_field(&m.file.display().to_string()),
-            csv_field(&labels[m.truth]),
-            csv_field(&labels[m.predicted]),
-            m.confidence
-        )?;
-    }
-    Ok(())
+    let rows = misses.iter().map(|m| MissRow {
+        file: m.file.display().to_string(),
+        true_label: &labels[m.truth],
+        predicted_label: &labels[m.predicted],
+        confidence: m.confidence,
+    });
+    write_csv(w, rows)
 }
 
-/// Quotes a CSV field when it holds a comma, quote or newline (RFC 4180).
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// A header from the row type's fields, then the rows, quoted where needed (RFC 4180).
+fn write_csv<R: Serialize>(
+    w: &mut dyn Write,
+    rows: impl Iterator<Item = R>,
+) -> std::io::Result<()> {
+    let mut csv = csv::Writer::from_writer(w);
+    for row in rows {
+        csv.serialize(row)?;
     }
+    csv.flush()
+}
+
+/// Ratios in CSV files with six decimals, as `{:.6}` writes them.
+fn six_places<T: std::fmt::Display, S: serde::Serializer>(x: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{x:.6}"))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn csv_quoting() {
-        assert_eq!(super::csv_field("a,b"), "\"a,b\"");
-        assert_eq!(super::csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(super::csv_field("plain"), "plain");
+    fn csv_rows_are_quoted_where_needed() {
+        let misses = [Miss {
+            file: PathBuf::from("a,b.png"),
+            truth: 0,
+            predicted: 1,
+            confidence: 0.5,
+        }];
+        let labels = ["say \"hi\"".to_string(), "plain".to_string()];
+        let mut out = Vec::new();
+        write_misses(&mut out, &misses, &labels).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "file,true_label,predicted_label,confidence\n\"a,b.png\",\"say \"\"hi\"\"\",plain,0.500000\n"
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use indicatif::{HumanBytes, HumanCount};
 use serde_json::json;
 
 use super::ModelArgs;
@@ -37,25 +38,25 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
     let mut t = Table::new(["field", "value"]).left_aligned();
     t.row([
         "file".to_string(),
-        format!("{} ({})", i.path.display(), human_bytes(i.file_size)),
+        format!("{} ({})", i.path.display(), HumanBytes(i.file_size)),
     ]);
     t.row([
         "producer".to_string(),
-        format!("{} {}", i.producer, i.producer_version)
+        format!("{} {}", i.graph.producer, i.graph.producer_version)
             .trim()
             .to_string(),
     ]);
     t.row([
         "opset".to_string(),
-        format!("{} (ir_version {})", i.opset, i.ir_version),
+        format!("{} (ir_version {})", i.graph.opset, i.graph.ir_version),
     ]);
     t.row([
         "input".to_string(),
         format!(
             "{} [{}] {:?}",
-            i.input_name,
-            i.input_shape.join(", "),
-            i.layout
+            i.graph.input_name,
+            i.graph.input_shape.join(", "),
+            i.graph.layout
         )
         .to_string(),
     ]);
@@ -63,8 +64,8 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
         "output".to_string(),
         format!(
             "{} [{}]: {}",
-            i.output_name,
-            i.output_shape.join(", "),
+            i.graph.output_name,
+            i.graph.output_shape.join(", "),
             i.output_kind.describe()
         ),
     ]);
@@ -73,11 +74,14 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
         i.fixed_batch
             .map_or("dynamic".to_string(), |b| format!("fixed at {b}")),
     ]);
-    t.row(["parameters".to_string(), group_digits(i.parameters)]);
+    t.row([
+        "parameters".to_string(),
+        HumanCount(i.graph.parameters).to_string(),
+    ]);
     t.row([
         "FLOPs/image".to_string(),
         i.flops_per_image.map_or("unknown".into(), |f| {
-            format!("{} ({:.3} GFLOP)", group_digits(f), f as f64 / 1e9)
+            format!("{} ({:.3} GFLOP)", HumanCount(f), f as f64 / 1e9)
         }),
     ]);
     t.row([
@@ -135,35 +139,5 @@ fn describe_training(tr: &serde_json::Value) -> String {
         tr.to_string()
     } else {
         parts.join(", ")
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
-    }
-}
-
-fn group_digits(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn digits() {
-        assert_eq!(super::group_digits(1234567), "1,234,567");
-        assert_eq!(super::group_digits(12), "12");
-        assert_eq!(super::human_bytes(2048), "2.0 KiB");
     }
 }

@@ -7,19 +7,18 @@ mod bench;
 mod convert;
 mod eval;
 mod info;
+mod model;
 mod predict;
 mod table;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use fennec_runtime::preprocess::Overrides;
-use fennec_runtime::{
-    Classifier, ColorMode, DecodeLimits, LoadOptions, Preprocess, ResizeFilter, ResizeMode, Source,
-};
+use anyhow::Result;
+use clap::{Args, Parser};
+use fennec_runtime::DecodeLimits;
 use indicatif::ProgressBar;
+
+pub use model::{ModelArgs, print_defaults_note};
 
 /// Score images with an ONNX image classifier: pure Rust, no Python, no GPU.
 ///
@@ -33,13 +32,7 @@ use indicatif::ProgressBar;
     propagate_version = true,
     max_term_width = 100
 )]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
+pub enum Cli {
     /// Show a model's inputs, outputs, classes, preprocessing, size and cost.
     Info(info::InfoArgs),
     /// Classify images: files, directories (searched recursively) or glob patterns.
@@ -56,95 +49,13 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Info(a) => info::run(a),
-        Command::Predict(a) => predict::run(a),
-        Command::Eval(a) => eval::run(a),
-        Command::Bench(a) => bench::run(a),
+    match cli {
+        Cli::Info(a) => info::run(a),
+        Cli::Predict(a) => predict::run(a),
+        Cli::Eval(a) => eval::run(a),
+        Cli::Bench(a) => bench::run(a),
         #[cfg(feature = "onnx")]
-        Command::Convert(a) => convert::run(a),
-    }
-}
-
-/// The model and everything that can stand in for missing metadata.
-#[derive(Debug, Args)]
-pub struct ModelArgs {
-    /// ONNX model file (or a .nnef.tgz written by `fennec convert`).
-    pub model: PathBuf,
-
-    /// Class names, one per line, in output order (replaces the model's labels).
-    #[arg(long, value_name = "FILE", help_heading = "Model")]
-    pub labels: Option<PathBuf>,
-
-    /// Preprocessing spec as YAML (keys: height, width, color, resize, filter, scale,
-    /// mean, std, layout), replacing the model's own.
-    #[arg(long, value_name = "FILE.yaml", help_heading = "Preprocessing")]
-    pub preprocess: Option<PathBuf>,
-
-    /// Input size HxW (e.g. 224x224) when the model does not fix it.
-    #[arg(long, value_name = "HxW", value_parser = parse_size, help_heading = "Preprocessing")]
-    pub size: Option<(u32, u32)>,
-
-    /// Colour mode.
-    #[arg(long, value_enum, help_heading = "Preprocessing")]
-    pub color: Option<ColorMode>,
-
-    /// How images are fitted to the input size.
-    #[arg(long, value_enum, help_heading = "Preprocessing")]
-    pub resize: Option<ResizeMode>,
-
-    /// Resampling filter.
-    #[arg(long, value_enum, help_heading = "Preprocessing")]
-    pub filter: Option<ResizeFilter>,
-
-    /// Multiplier for 0-255 pixel values (default 1/255 = 0.00392...).
-    #[arg(long, help_heading = "Preprocessing")]
-    pub scale: Option<f32>,
-
-    /// Per-channel mean subtracted after scaling, comma-separated (e.g. 0.485,0.456,0.406).
-    #[arg(long, value_delimiter = ',', num_args = 1.., allow_negative_numbers = true, help_heading = "Preprocessing")]
-    pub mean: Option<Vec<f32>>,
-
-    /// Per-channel std divided after the mean, comma-separated.
-    #[arg(long, value_delimiter = ',', num_args = 1.., help_heading = "Preprocessing")]
-    pub std: Option<Vec<f32>>,
-}
-
-impl ModelArgs {
-    /// Loads the model with the user's overrides, or fails naming the file.
-    pub fn load(&self) -> Result<Classifier> {
-        let labels = match &self.labels {
-            Some(p) => Some(fennec_runtime::folder::read_labels(p)?),
-            None => None,
-        };
-        let preprocess = match &self.preprocess {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("{}: cannot read", p.display()))?;
-                let spec: Preprocess = serde_yaml::from_str(&text).map_err(|e| {
-                    anyhow::anyhow!("{}: invalid preprocessing spec: {e}", p.display())
-                })?;
-                Some(spec)
-            }
-            None => None,
-        };
-        let overrides = Overrides {
-            size: self.size,
-            color: self.color,
-            resize: self.resize,
-            filter: self.filter,
-            scale: self.scale,
-            mean: self.mean.clone(),
-            std: self.std.clone(),
-        };
-        Ok(Classifier::load(
-            &self.model,
-            &LoadOptions {
-                labels,
-                preprocess,
-                overrides,
-            },
-        )?)
+        Cli::Convert(a) => convert::run(a),
     }
 }
 
@@ -199,33 +110,6 @@ impl RunArgs {
     }
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (h, w) = s.split_once(['x', 'X']).unwrap_or((s, s));
-    let parse = |v: &str| v.trim().parse::<u32>().ok().filter(|&v| v > 0);
-    match (parse(h), parse(w)) {
-        (Some(h), Some(w)) => Ok((h, w)),
-        _ => Err(format!("'{s}' is not a size like 224x224 or 224")),
-    }
-}
-
-/// Notes on stderr about anything fennec had to guess, so a default is never silent.
-pub fn print_defaults_note(c: &Classifier) {
-    if c.info.labels_source == Source::Default {
-        eprintln!(
-            "note: {} has no class names; showing output indices 0..{} (give --labels FILE)",
-            c.info.path.display(),
-            c.labels.len() - 1
-        );
-    }
-    if c.info.preprocess_source == Source::Default {
-        eprintln!(
-            "note: {} has no preprocessing metadata; using Keras defaults from its input shape: {}",
-            c.info.path.display(),
-            c.preprocess.describe()
-        );
-    }
-}
-
 /// `{:.4}` for ratios in tables.
 pub fn f4(x: f64) -> String {
     format!("{x:.4}")
@@ -239,13 +123,5 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("224x200"), Ok((224, 200)));
-        assert_eq!(parse_size("28"), Ok((28, 28)));
-        assert!(parse_size("0x5").is_err());
-        assert!(parse_size("abc").is_err());
     }
 }

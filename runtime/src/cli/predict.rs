@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use fennec_runtime::classifier::top_k;
 use fennec_runtime::folder::expand_inputs;
 use fennec_runtime::pipeline::classify_files;
+use fennec_runtime::scores::top_k;
 use serde_json::json;
 
 use super::{ModelArgs, RunArgs, print_defaults_note};

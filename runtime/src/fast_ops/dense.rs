@@ -337,7 +337,7 @@ mod tests {
     use super::{ROWS, dot_rows, dot_rows_body};
     use crate::conv_kernels::tests::rnd;
     use crate::metadata::ModelMetadata;
-    use crate::onnx::{Attr, GraphBuilder};
+    use crate::onnx_writer::{Attr, GraphBuilder};
 
     /// `x [n, 4, 5, 6] -> Flatten -> Gemm (transB, bias) [-> Relu] -> Gemm [2 units]`:
     /// a PyTorch-style classifier head.
