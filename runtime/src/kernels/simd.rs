@@ -8,7 +8,9 @@
 //!
 //! - [`simd_fn!`]: a plain-Rust body (loops over fixed-size arrays that LLVM
 //!   vectorises) compiled for the baseline and for AVX2+FMA; calls run the best
-//!   one. Used by the runtime's dense op and the trainer's convolution.
+//!   one. Used by the runtime's dense op and the trainer's convolution, whose
+//!   element-wise loops are memory- or shuffle-bound: the x86-64 baseline (SSE2)
+//!   leaves most of the width unused.
 //! - hand-written intrinsics per instruction set (the runtime's convolution
 //!   kernels, `kernels/conv/`), chosen by matching on an [`Isa`] from [`isa`].
 

@@ -46,40 +46,40 @@ fn im2col(x: &[f32], g: &Geometry, y0: usize, y1: usize, cols: &mut [f32]) {
 }
 
 simd_fn! {
-/// The adjoint of [`im2col`]: adds `dcols` (`k x nt` of rows `y0..y1`) into the
-/// image gradient `dx` (`cin x h x w`).
-pub(super) fn col2im_add(dcols: &[f32], g: &Geometry, y0: usize, y1: usize, dx: &mut [f32]) {
-    let nt = (y1 - y0) * g.wo;
-    let (h, w, wo) = (g.h, g.w, g.wo);
-    for c in 0..g.cin {
-        let plane = &mut dx[c * h * w..(c + 1) * h * w];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &dcols[((c * g.kh + i) * g.kw + j) * nt..][..nt];
-                let lo = g.pad_left.saturating_sub(j).div_ceil(g.sw).min(wo);
-                let hi = (w + g.pad_left).saturating_sub(j).div_ceil(g.sw).clamp(lo, wo);
-                for oy in y0..y1 {
-                    let iy = (oy * g.sh + i).wrapping_sub(g.pad_top);
-                    if iy >= h {
-                        continue;
-                    }
-                    let src = &row[(oy - y0) * wo..][lo..hi];
-                    let dst = &mut plane[iy * w..(iy + 1) * w];
-                    let x0 = lo * g.sw + j - g.pad_left;
-                    if g.sw == 1 {
-                        for (d, s) in dst[x0..x0 + src.len()].iter_mut().zip(src) {
-                            *d += *s;
+    /// The adjoint of [`im2col`]: adds `dcols` (`k x nt` of rows `y0..y1`) into the
+    /// image gradient `dx` (`cin x h x w`).
+    pub(super) fn col2im_add(dcols: &[f32], g: &Geometry, y0: usize, y1: usize, dx: &mut [f32]) {
+        let nt = (y1 - y0) * g.wo;
+        let (h, w, wo) = (g.h, g.w, g.wo);
+        for c in 0..g.cin {
+            let plane = &mut dx[c * h * w..(c + 1) * h * w];
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let row = &dcols[((c * g.kh + i) * g.kw + j) * nt..][..nt];
+                    let lo = g.pad_left.saturating_sub(j).div_ceil(g.sw).min(wo);
+                    let hi = (w + g.pad_left).saturating_sub(j).div_ceil(g.sw).clamp(lo, wo);
+                    for oy in y0..y1 {
+                        let iy = (oy * g.sh + i).wrapping_sub(g.pad_top);
+                        if iy >= h {
+                            continue;
                         }
-                    } else {
-                        for (d, s) in dst[x0..].iter_mut().step_by(g.sw).zip(src) {
-                            *d += *s;
+                        let src = &row[(oy - y0) * wo..][lo..hi];
+                        let dst = &mut plane[iy * w..(iy + 1) * w];
+                        let x0 = lo * g.sw + j - g.pad_left;
+                        if g.sw == 1 {
+                            for (d, s) in dst[x0..x0 + src.len()].iter_mut().zip(src) {
+                                *d += *s;
+                            }
+                        } else {
+                            for (d, s) in dst[x0..].iter_mut().step_by(g.sw).zip(src) {
+                                *d += *s;
+                            }
                         }
                     }
                 }
             }
         }
     }
-}
 }
 
 /// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) · rhs (k x n)`, matrices
