@@ -210,7 +210,7 @@ impl Classifier {
                 None => self.typed.clone(),
             };
             // fennec's own kernels for the conv/ReLU/max-pool chains tract is slow at.
-            crate::fast_ops::rewrite(&mut model)?;
+            crate::kernels::rewrite(&mut model)?;
             model.into_optimized()?.into_runnable()
         };
         let plan = guard_tract(path, make)?;

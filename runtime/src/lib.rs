@@ -9,9 +9,9 @@
 //! - [`classifier`]: load an ONNX model with tract, run batches, get probabilities
 //!   (the readers: `classifier/onnx.rs`, `classifier/nnef.rs`).
 //! - [`scores`]: raw outputs → probabilities (softmax, sigmoid), top-k.
-//! - [`fast_ops`], [`conv_kernels`]: fennec's own convolution + ReLU + max-pool
-//!   kernels and batch-1 dense layer, swapped into tract's graph where they apply
-//!   (see bench/README.md).
+//! - [`kernels`]: fennec's own convolution + ReLU + max-pool and batch-1 dense
+//!   ops, swapped into tract's graph where they apply (see bench/README.md), and
+//!   the run-time SIMD dispatch the trainer shares ([`kernels::simd`]).
 //! - [`folder`]: `<root>/<class>/<images>` folders and command-line file lists.
 //! - [`pipeline`]: parallel decoding overlapped with batched inference.
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
@@ -25,11 +25,10 @@
 
 pub mod atomic;
 pub mod classifier;
-pub mod conv_kernels;
 pub mod decode;
 pub mod error;
-pub mod fast_ops;
 pub mod folder;
+pub mod kernels;
 pub mod metadata;
 pub mod metrics;
 #[cfg(feature = "onnx")]

@@ -21,7 +21,8 @@ use tract_nnef::tract_core::ops::binary::TypedBinOp;
 use tract_nnef::tract_core::ops::einsum::EinSum;
 use tract_nnef::tract_core::ops::math::Add;
 
-use super::{Fusion, inference_pool, is_relu, sole_successor};
+use super::rewrite::{Fusion, fused_op, inference_pool, is_relu, other_input, sole_successor};
+use super::simd::simd_fn;
 
 /// Weight rows computed together: each load of the input vector serves this many rows.
 const ROWS: usize = 4;
@@ -135,13 +136,8 @@ fn bias_of(
     x: OutletId,
     units: usize,
 ) -> TractResult<Option<Vec<f32>>> {
-    let Some(bin) = node.op_as::<TypedBinOp>() else {
+    let (Some(bin), Some(other)) = (node.op_as::<TypedBinOp>(), other_input(node, x)) else {
         return Ok(None);
-    };
-    let other = match node.inputs[..] {
-        [a, b] if a == x => b,
-        [a, b] if b == x => a,
-        _ => return Ok(None),
     };
     let x_fact = model.outlet_fact(x)?;
     let Some(b) = model.outlet_fact(other)?.konst.clone() else {
@@ -209,59 +205,9 @@ impl FusedDense {
             }
         }
     }
-}
 
-/// Dot products of the `R` rows of `w` (each `k` long) with `x`.
-fn dot_rows<const R: usize>(w: &[f32], k: usize, x: &[f32]) -> [f32; R] {
-    #[cfg(target_arch = "x86_64")]
-    if crate::conv_kernels::Isa::detect() != crate::conv_kernels::Isa::Portable {
-        // SAFETY: `Isa::detect` found AVX2 and FMA, which `dot_rows_avx2` is compiled for.
-        return unsafe { dot_rows_avx2::<R>(w, k, x) };
-    }
-    dot_rows_body::<R>(w, k, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dot_rows_avx2<const R: usize>(w: &[f32], k: usize, x: &[f32]) -> [f32; R] {
-    dot_rows_body::<R>(w, k, x)
-}
-
-/// Plain loops over fixed-size lane arrays, which LLVM turns into SIMD code for
-/// whatever the caller is compiled for (the slices are cut to one length first so
-/// that no bounds check is left in the loop). Sums run in a fixed order, so
-/// results do not depend on the thread count.
-#[inline(always)]
-fn dot_rows_body<const R: usize>(w: &[f32], k: usize, x: &[f32]) -> [f32; R] {
-    let full = k / LANES * LANES;
-    let xs = x[..full].as_chunks::<LANES>().0;
-    let rows: [&[[f32; LANES]]; R] =
-        std::array::from_fn(|j| &w[j * k..j * k + full].as_chunks::<LANES>().0[..xs.len()]);
-    let mut acc = [[0.0f32; LANES]; R];
-    // Indexed loops on purpose: written with iterators (zip over the rows), LLVM
-    // keeps the accumulators in memory and the product runs 2x slower.
-    #[allow(clippy::needless_range_loop)]
-    for i in 0..xs.len() {
-        let xv = xs[i];
-        for j in 0..R {
-            let wv = rows[j][i];
-            for l in 0..LANES {
-                acc[j][l] += wv[l] * xv[l];
-            }
-        }
-    }
-    std::array::from_fn(|j| {
-        let tail: f32 = (full..k).map(|i| w[j * k + i] * x[i]).sum();
-        acc[j].iter().sum::<f32>() + tail
-    })
-}
-
-impl Op for FusedDense {
-    fn name(&self) -> StaticName {
-        "FennecDense".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
+    /// The one line `fennec bench --profile` shows for the node.
+    fn describe(&self) -> String {
         let mut s = format!("{} -> {} units, batch 1", self.k, self.units);
         if self.bias.is_some() {
             s += ", bias";
@@ -269,21 +215,11 @@ impl Op for FusedDense {
         if self.relu {
             s += ", relu";
         }
-        Ok(vec![s])
+        s
     }
 
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for FusedDense {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
+    /// The op on one input vector of `k` values.
+    fn run(&self, input: &Tensor) -> TractResult<Tensor> {
         ensure!(
             input.datum_type() == f32::datum_type() && input.len() == self.k,
             "FennecDense expects {} f32 values, got {:?} {:?}",
@@ -294,27 +230,59 @@ impl EvalOp for FusedDense {
         let input = input.try_as_plain_ram()?;
         let x = input.as_slice::<f32>()?;
         let mut output = Tensor::zero::<f32>(&self.output_shape)?;
-        {
-            let mut view = output.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
-            let pool = inference_pool().filter(|_| self.weights.len() >= MIN_PARALLEL_WEIGHTS);
-            match pool {
-                Some(pool) => {
-                    // Whole blocks of ROWS per part, one part per thread.
-                    let threads = pool.current_num_threads().max(1);
-                    let per_part = self.units.div_ceil(ROWS).div_ceil(threads) * ROWS;
-                    pool.install(|| {
-                        out.par_chunks_mut(per_part)
-                            .enumerate()
-                            .for_each(|(p, chunk)| self.run_rows(x, p * per_part, chunk))
-                    })
-                }
-                None => self.run_rows(x, 0, out),
+        let mut view = output.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        let pool = inference_pool().filter(|_| self.weights.len() >= MIN_PARALLEL_WEIGHTS);
+        match pool {
+            Some(pool) => {
+                // Whole blocks of ROWS per part, one part per thread.
+                let threads = pool.current_num_threads().max(1);
+                let per_part = self.units.div_ceil(ROWS).div_ceil(threads) * ROWS;
+                pool.install(|| {
+                    out.par_chunks_mut(per_part)
+                        .enumerate()
+                        .for_each(|(p, chunk)| self.run_rows(x, p * per_part, chunk))
+                })
             }
+            None => self.run_rows(x, 0, out),
         }
-        Ok(tvec!(output.into_tvalue()))
+        Ok(output)
     }
 }
+
+simd_fn! {
+    /// Dot products of the `R` rows of `w` (each `k` long) with `x`.
+    ///
+    /// Plain loops over fixed-size lane arrays, which LLVM turns into SIMD code for
+    /// whatever the version is compiled for (the slices are cut to one length first
+    /// so that no bounds check is left in the loop). Sums run in a fixed order, so
+    /// results do not depend on the thread count.
+    fn dot_rows<const R: usize>(w: &[f32], k: usize, x: &[f32]) -> [f32; R] {
+        let full = k / LANES * LANES;
+        let xs = x[..full].as_chunks::<LANES>().0;
+        let rows: [&[[f32; LANES]]; R] =
+            std::array::from_fn(|j| &w[j * k..j * k + full].as_chunks::<LANES>().0[..xs.len()]);
+        let mut acc = [[0.0f32; LANES]; R];
+        // Indexed loops on purpose: written with iterators (zip over the rows), LLVM
+        // keeps the accumulators in memory and the product runs 2x slower.
+        #[allow(clippy::needless_range_loop)]
+        for i in 0..xs.len() {
+            let xv = xs[i];
+            for j in 0..R {
+                let wv = rows[j][i];
+                for l in 0..LANES {
+                    acc[j][l] += wv[l] * xv[l];
+                }
+            }
+        }
+        std::array::from_fn(|j| {
+            let tail: f32 = (full..k).map(|i| w[j * k + i] * x[i]).sum();
+            acc[j].iter().sum::<f32>() + tail
+        })
+    }
+}
+
+fused_op!(FusedDense, "FennecDense");
 
 impl TypedOp for FusedDense {
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -333,9 +301,8 @@ impl TypedOp for FusedDense {
 
 #[cfg(all(test, feature = "onnx"))]
 mod tests {
-    use super::super::tests::run_onnx_both;
-    use super::{ROWS, dot_rows, dot_rows_body};
-    use crate::conv_kernels::tests::rnd;
+    use super::{ROWS, dot_rows};
+    use crate::kernels::testing::{assert_rewrite_matches_tract, rnd};
     use crate::metadata::ModelMetadata;
     use crate::onnx_writer::{Attr, GraphBuilder};
 
@@ -386,17 +353,7 @@ mod tests {
     }
 
     fn check(bytes: &[u8], input: &[usize], fused: usize) {
-        for threads in [1, 2, 3] {
-            let (want, got, replaced) = run_onnx_both(bytes, input, 11, threads);
-            assert_eq!(replaced, fused, "replaced nodes, threads {threads}");
-            assert_eq!(want.len(), got.len());
-            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                assert!(
-                    (w - g).abs() <= 1e-5 * (1.0 + w.abs()),
-                    "threads {threads} at {i}: {g} vs tract {w}"
-                );
-            }
-        }
+        assert_rewrite_matches_tract(bytes, input, 11, &[1, 2, 3], fused);
     }
 
     #[test]
@@ -421,10 +378,10 @@ mod tests {
                 .chunks_exact(k)
                 .map(|r| r.iter().zip(&x).map(|(a, b)| (a * b) as f64).sum())
                 .collect();
-            let four = dot_rows_body::<ROWS>(&w, k, &x);
+            let four = dot_rows::portable::<ROWS>(&w, k, &x);
             let one: Vec<f32> = w
                 .chunks_exact(k)
-                .map(|r| dot_rows_body::<1>(r, k, &x)[0])
+                .map(|r| dot_rows::portable::<1>(r, k, &x)[0])
                 .collect();
             let simd = dot_rows::<ROWS>(&w, k, &x);
             for j in 0..ROWS {

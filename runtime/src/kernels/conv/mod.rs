@@ -1,91 +1,45 @@
-//! Faster convolution layers swapped into a tract graph before it is optimised.
+//! Convolution (+ ReLU) (+ max pool) as one tract op, on fennec's own kernels.
 //!
 //! tract runs the Keras tutorial's CNNs (3x3 convolutions, ReLU, 2x2 max pooling
 //! at 224x224) about 4x slower than onnxruntime; profiling showed the time in the
-//! convolutions and the pooling over their full-size outputs. This pass replaces
+//! convolutions and the pooling over their full-size outputs. The rewrite replaces
 //! each `Conv` (f32, NCHW, one group, stride 1, dilation 1, constant weights),
 //! together with a ReLU and a non-overlapping max pool that may follow it, by one
-//! [`FusedConv`] node. That node runs the direct kernels of
-//! [`crate::conv_kernels`] a few output rows at a time and pools them while they
-//! are in cache, so the full-size convolution output never exists. Everything
-//! else in the graph (and any convolution outside that pattern) stays with tract.
+//! [`FusedConv`] node. That node runs the direct kernels of [`PackedConv`] a few
+//! output rows at a time and pools them while they are in cache, so the full-size
+//! convolution output never exists. Everything else in the graph (and any
+//! convolution outside that pattern) stays with tract.
 //!
 //! The numbers are the same as tract's up to float rounding (sums in a different
 //! order); ReLU and max are exact. Inference threads (`--threads`) split the
 //! output channels between tract's executor threads.
 //!
-//! [`dense`] does the same for batch-1 dense layers, whose time is the reading
-//! of their weights, so that every thread reads a share of them.
+//! Files: this one is the tract op; `packed.rs` the packed weights and the row
+//! driver that picks a kernel per instruction set; `portable.rs`, `avx2.rs`,
+//! `avx512.rs` and `neon.rs` the kernels.
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 use tract_nnef::tract_core::internal::*;
-use tract_nnef::tract_core::ops::binary::TypedBinOp;
 use tract_nnef::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec};
-use tract_nnef::tract_core::ops::math::Max;
 use tract_nnef::tract_core::ops::nn::DataFormat;
-use tract_nnef::tract_core::tract_linalg::multithread::{Executor, current_tract_executor};
 
-use crate::conv_kernels::{OCB, PackedConv};
+use super::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
 
-pub mod dense;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod packed;
+mod portable;
 
-/// Replaces every convolution (+ ReLU)(+ max pool) chain the kernels handle by a
-/// [`FusedConv`], and every batch-1 dense layer by a [`dense::FusedDense`]; returns
-/// how many nodes were put in. Needs concrete channel and spatial sizes (the batch
-/// may stay symbolic).
-pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    Ok(fuse(model, "fennec-fused-conv", plan_fusion)?
-        + fuse(model, "fennec-fused-dense", dense::plan_fusion)?)
-}
-
-/// A run of nodes to replace by one op reading the first node's first input.
-struct Fusion<O> {
-    op: O,
-    /// The replaced nodes, in order; the last one's output becomes the op's.
-    nodes: Vec<usize>,
-}
-
-/// Applies `plan` to every node in evaluation order and puts in each fusion it
-/// returns; returns how many.
-fn fuse<O: TypedOp>(
-    model: &mut TypedModel,
-    patch_name: &str,
-    plan: impl Fn(&TypedModel, usize) -> TractResult<Option<Fusion<O>>>,
-) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let Some(fusion) = plan(model, id)? else {
-            continue;
-        };
-        let mut patch = TypedModelPatch::new(patch_name);
-        let x = patch.tap_model(model, model.node(id).inputs[0])?;
-        let name = model.node(id).name.clone();
-        let wire = patch.wire_node(name, fusion.op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(*fusion.nodes.last().unwrap(), 0), wire)?;
-        for n in &fusion.nodes {
-            patch.obliterate(*n)?;
-        }
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    if replaced > 0 {
-        model.compact()?;
-    }
-    Ok(replaced)
-}
-
-/// The thread pool of tract's current executor when it has one (`--threads` > 1).
-fn inference_pool() -> Option<Arc<rayon::ThreadPool>> {
-    match current_tract_executor() {
-        Executor::MultiThread(pool) => Some(pool),
-        _ => None,
-    }
-}
+pub use packed::{OCB, PackedConv};
 
 /// Whether node `id` starts a chain [`FusedConv`] can run, and what it becomes.
-fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<Fusion<FusedConv>>> {
+pub(super) fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<Fusion<FusedConv>>> {
     let node = model.node(id);
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
@@ -179,43 +133,6 @@ fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
         .map(|d| d.to_usize().ok())
         .collect::<Option<_>>()?;
     v.try_into().ok()
-}
-
-/// The node reading `id`'s output when it is the only reader and the output is
-/// not a model output.
-fn sole_successor(model: &TypedModel, id: usize) -> TractResult<Option<&TypedNode>> {
-    if model.output_outlets()?.contains(&OutletId::new(id, 0)) {
-        return Ok(None);
-    }
-    model.single_succ(id)
-}
-
-/// `max(x, 0)` with a constant zero, as tract declutters ONNX `Relu`.
-fn is_relu(model: &TypedModel, node: &TypedNode, x: OutletId) -> TractResult<bool> {
-    let Some(bin) = node.op_as::<TypedBinOp>() else {
-        return Ok(false);
-    };
-    let other = match node.inputs[..] {
-        [a, b] if a == x => b,
-        [a, b] if b == x => a,
-        _ => return Ok(false),
-    };
-    let is_zero = |t: &Tensor| {
-        t.datum_type() == f32::datum_type()
-            && t.len() == 1
-            && t.try_as_plain_ram()
-                .ok()
-                .and_then(|p| p.as_slice::<f32>().ok().map(|s| s[0] == 0.0))
-                == Some(true)
-    };
-    let same_shape = node.outputs[0].fact.shape == model.outlet_fact(x)?.shape;
-    Ok(bin.0.is::<Max>()
-        && same_shape
-        && model
-            .outlet_fact(other)?
-            .konst
-            .as_deref()
-            .is_some_and(is_zero))
 }
 
 /// A max pool whose windows tile the input without overlap (kernel = stride), start
@@ -344,29 +261,9 @@ impl FusedConv {
             }
         }
     }
-}
 
-/// Max over the rows of `rows` (each `w` wide), then over windows of `ww`
-/// columns (the last one may be short) into `out`.
-fn pool_rows(rows: &[f32], w: usize, ww: usize, colmax: &mut [f32], out: &mut [f32]) {
-    let mut lines = rows.chunks_exact(w);
-    colmax.copy_from_slice(lines.next().expect("at least one row"));
-    for line in lines {
-        for (m, &v) in colmax.iter_mut().zip(line) {
-            *m = m.max(v);
-        }
-    }
-    for (o, window) in out.iter_mut().zip(colmax.chunks(ww)) {
-        *o = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    }
-}
-
-impl Op for FusedConv {
-    fn name(&self) -> StaticName {
-        "FennecConv".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
+    /// The one line `fennec bench --profile` shows for the node.
+    fn describe(&self) -> String {
         let c = &self.conv;
         let mut s = format!(
             "{}x{} conv {}->{} channels, pad {:?}",
@@ -378,21 +275,11 @@ impl Op for FusedConv {
         if let Some((wh, ww, _, _)) = self.pool {
             s += &format!(", {wh}x{ww} max pool");
         }
-        Ok(vec![s])
+        s
     }
 
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for FusedConv {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
+    /// The op on a batch `[n, ic, h, w]`.
+    fn run(&self, input: &Tensor) -> TractResult<Tensor> {
         let c = &*self.conv;
         let (h, w) = self.input_hw;
         ensure!(
@@ -438,9 +325,26 @@ impl EvalOp for FusedConv {
                 _ => out_image.chunks_mut(chunk).enumerate().for_each(job),
             }
         }
-        Ok(tvec!(output.into_tvalue()))
+        Ok(output)
     }
 }
+
+/// Max over the rows of `rows` (each `w` wide), then over windows of `ww`
+/// columns (the last one may be short) into `out`.
+fn pool_rows(rows: &[f32], w: usize, ww: usize, colmax: &mut [f32], out: &mut [f32]) {
+    let mut lines = rows.chunks_exact(w);
+    colmax.copy_from_slice(lines.next().expect("at least one row"));
+    for line in lines {
+        for (m, &v) in colmax.iter_mut().zip(line) {
+            *m = m.max(v);
+        }
+    }
+    for (o, window) in out.iter_mut().zip(colmax.chunks(ww)) {
+        *o = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    }
+}
+
+fused_op!(FusedConv, "FennecConv");
 
 impl TypedOp for FusedConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -469,14 +373,10 @@ impl TypedOp for FusedConv {
 
 // The tests build their models as ONNX files.
 #[cfg(all(test, feature = "onnx"))]
-pub(crate) mod tests {
-    use super::*;
+mod tests {
+    use crate::kernels::testing::{assert_rewrite_matches_tract, rnd};
     use crate::metadata::ModelMetadata;
     use crate::onnx_writer::{Attr, GraphBuilder};
-    use tract_nnef::tract_core::tract_linalg::multithread::multithread_tract_scope;
-    use tract_onnx::prelude::{Framework, InferenceModelExt};
-
-    use crate::conv_kernels::tests::rnd;
 
     struct Case {
         /// Input `[n, c, h, w]`.
@@ -524,122 +424,68 @@ pub(crate) mod tests {
         g.finish(&ModelMetadata::default())
     }
 
-    fn run_both(case: &Case, seed: u64, threads: usize) -> (Vec<f32>, Vec<f32>, usize) {
-        run_onnx_both(&model(case, seed), &case.input, seed, threads)
-    }
-
-    /// Runs an ONNX model on a random `input` with tract alone and with the
-    /// rewrite; returns both outputs and how many nodes the rewrite put in.
-    pub(super) fn run_onnx_both(
-        bytes: &[u8],
-        input: &[usize],
-        seed: u64,
-        threads: usize,
-    ) -> (Vec<f32>, Vec<f32>, usize) {
-        let mut m = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
-        m.set_input_fact(0, f32::fact(input).into()).unwrap();
-        let typed = m.into_typed().unwrap().into_decluttered().unwrap();
-        let x = Tensor::from_shape(input, &rnd(input.iter().product(), seed + 2)).unwrap();
-        let run = |model: TypedModel| -> Vec<f32> {
-            let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-            let exec = if threads > 1 {
-                Executor::multithread(threads)
-            } else {
-                Executor::SingleThread
-            };
-            let out =
-                multithread_tract_scope(exec, || plan.run(tvec!(x.clone().into_tvalue()))).unwrap();
-            out[0]
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap()
-                .to_vec()
-        };
-        let want = run(typed.clone());
-        let mut fast = typed;
-        let replaced = rewrite(&mut fast).unwrap();
-        (want, run(fast), replaced)
-    }
-
     fn check(case: Case, fused: usize) {
-        for threads in [1, 2] {
-            let (want, got, replaced) = run_both(&case, 7, threads);
-            assert_eq!(replaced, fused, "replaced nodes");
-            assert_eq!(want.len(), got.len());
-            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                assert!(
-                    (w - g).abs() <= 1e-5 * (1.0 + w.abs()),
-                    "threads {threads} at {i}: {g} vs tract {w}"
-                );
+        assert_rewrite_matches_tract(&model(&case, 7), &case.input, 7, &[1, 2], fused);
+    }
+
+    /// A conv of `input` with `kernel` and ReLU; no padding, stride 1, no pool.
+    fn conv(input: [usize; 4], oc: usize, kernel: [usize; 2]) -> Case {
+        Case {
+            input,
+            oc,
+            kernel,
+            pads: [0; 4],
+            strides: [1, 1],
+            relu: true,
+            pool: None,
+        }
+    }
+
+    impl Case {
+        fn pads(self, pads: [i64; 4]) -> Case {
+            Case { pads, ..self }
+        }
+        fn stride(self, s: i64) -> Case {
+            Case {
+                strides: [s, s],
+                ..self
+            }
+        }
+        fn without_relu(self) -> Case {
+            Case {
+                relu: false,
+                ..self
+            }
+        }
+        /// A max pool after the conv.
+        fn pool(self, kernel: i64, stride: i64, ceil_mode: i64) -> Case {
+            Case {
+                pool: Some((kernel, stride, ceil_mode)),
+                ..self
             }
         }
     }
 
     #[test]
     fn conv_relu_pool_with_ceil_mode_and_batch() {
-        let case = Case {
-            input: [2, 3, 23, 70],
-            oc: 10,
-            kernel: [3, 3],
-            pads: [0; 4],
-            strides: [1, 1],
-            relu: true,
-            pool: Some((2, 2, 1)),
-        };
-        check(case, 1);
+        check(conv([2, 3, 23, 70], 10, [3, 3]).pool(2, 2, 1), 1);
     }
 
     #[test]
     fn same_padding_pool_without_relu() {
-        let case = Case {
-            input: [1, 4, 9, 20],
-            oc: 8,
-            kernel: [3, 3],
-            pads: [1, 1, 1, 1],
-            strides: [1, 1],
-            relu: false,
-            pool: Some((3, 3, 0)),
-        };
-        check(case, 1);
+        let case = conv([1, 4, 9, 20], 8, [3, 3]).pads([1, 1, 1, 1]);
+        check(case.without_relu().pool(3, 3, 0), 1);
     }
 
     #[test]
     fn conv_relu_output_and_uneven_padding() {
-        let case = Case {
-            input: [1, 2, 6, 40],
-            oc: 5,
-            kernel: [2, 5],
-            pads: [0, 2, 1, 1],
-            strides: [1, 1],
-            relu: true,
-            pool: None,
-        };
-        check(case, 1);
+        check(conv([1, 2, 6, 40], 5, [2, 5]).pads([0, 2, 1, 1]), 1);
     }
 
     #[test]
     fn strided_conv_and_overlapping_pool_stay_with_tract() {
-        let strided = Case {
-            input: [1, 3, 16, 16],
-            oc: 4,
-            kernel: [3, 3],
-            pads: [0; 4],
-            strides: [2, 2],
-            relu: true,
-            pool: None,
-        };
-        check(strided, 0);
+        check(conv([1, 3, 16, 16], 4, [3, 3]).stride(2), 0);
         // The conv is fused; the overlapping pool (stride < kernel) is left alone.
-        let overlapping = Case {
-            input: [1, 3, 16, 16],
-            oc: 4,
-            kernel: [3, 3],
-            pads: [0; 4],
-            strides: [1, 1],
-            relu: true,
-            pool: Some((3, 2, 0)),
-        };
-        check(overlapping, 1);
+        check(conv([1, 3, 16, 16], 4, [3, 3]).pool(3, 2, 0), 1);
     }
 }
