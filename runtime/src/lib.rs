@@ -17,6 +17,8 @@
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
 //! - [`atomic`]: files written whole or not at all.
 //! - [`progress`]: the one progress-bar look of both binaries.
+//! - [`serve`]: `fennec serve`, the classifier behind HTTP (feature `serve`).
+//! - [`watch`]: `fennec watch`, scoring the new images of a folder exactly once.
 //! - [`onnx_writer`]: writing ONNX files (used by the trainer's exporter and test
 //!   fixtures; feature `onnx`, on by default).
 //!
@@ -37,6 +39,9 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
 pub mod scores;
+#[cfg(feature = "serve")]
+pub mod serve;
+pub mod watch;
 
 pub use classifier::{Classifier, LoadOptions, ModelInfo, Source};
 pub use decode::DecodeLimits;

@@ -9,7 +9,10 @@ mod eval;
 mod info;
 mod model;
 mod predict;
+#[cfg(feature = "serve")]
+mod serve;
 mod table;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -46,6 +49,11 @@ pub enum Cli {
     /// build, with its labels and preprocessing.
     #[cfg(feature = "onnx")]
     Convert(convert::ConvertArgs),
+    /// Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /metrics.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
+    /// Score each new image of a folder once, as it arrives, into a JSON-lines file.
+    Watch(watch::WatchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -56,6 +64,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cli::Bench(a) => bench::run(a),
         #[cfg(feature = "onnx")]
         Cli::Convert(a) => convert::run(a),
+        #[cfg(feature = "serve")]
+        Cli::Serve(a) => serve::run(a),
+        Cli::Watch(a) => watch::run(a),
     }
 }
 
