@@ -12,6 +12,8 @@ use predicates::prelude::*;
 // The crate root is tests/harness.rs, so its modules are named by path.
 #[path = "harness/fixtures.rs"]
 mod fixtures;
+#[path = "harness/http.rs"]
+pub mod http;
 #[path = "harness/images.rs"]
 mod images;
 #[path = "harness/models.rs"]

@@ -153,8 +153,28 @@ impl Watcher {
     /// One poll: scores the settled new files (all present files with `all`, for a
     /// single pass over a finished folder), appends their lines, saves the state.
     pub fn poll(&mut self, classifier: &Classifier, all: bool) -> Result<Round> {
-        let now = SystemTime::now();
         let mut round = Round::default();
+        let (ready, mut present) = self.scan(SystemTime::now(), all, &mut round)?;
+        if !ready.is_empty() {
+            self.score(classifier, &ready, &mut round)?;
+        }
+        for (name, seen) in &ready {
+            present.remove(name);
+            self.move_done(name, *seen)?;
+        }
+        self.previous = present;
+        self.save()?;
+        Ok(round)
+    }
+
+    /// Lists the folder: the files ready to score, and every candidate present
+    /// (to compare at the next poll). Moves files done before a crash.
+    fn scan(
+        &mut self,
+        now: SystemTime,
+        all: bool,
+        round: &mut Round,
+    ) -> Result<(Vec<(String, Seen)>, HashMap<String, Seen>)> {
         let mut ready: Vec<(String, Seen)> = vec![];
         let mut present: HashMap<String, Seen> = HashMap::new();
         for entry in fs_err::read_dir(&self.dir)? {
@@ -180,12 +200,14 @@ impl Watcher {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64),
             };
-            present.insert(name.clone(), seen);
             if self.state.done.get(&name) == Some(&seen) {
-                // Scored before a crash that came before its move.
+                // Done already (with --move-done: scored before a crash that came
+                // before its move).
+                present.insert(name.clone(), seen);
                 self.move_done(&name, seen)?;
                 continue;
             }
+            present.insert(name.clone(), seen);
             let settled = self.previous.get(&name) == Some(&seen)
                 && now.duration_since(mtime).unwrap_or_default() >= self.options.settle;
             if (all || settled) && ready.len() < self.options.max_per_poll {
@@ -197,16 +219,7 @@ impl Watcher {
         // Forget what left the folder, so the state stays small.
         self.state.done.retain(|name, _| present.contains_key(name));
         ready.sort();
-        if !ready.is_empty() {
-            self.score(classifier, &ready, &mut round)?;
-        }
-        for (name, seen) in &ready {
-            present.remove(name);
-            self.move_done(name, *seen)?;
-        }
-        self.previous = present;
-        self.save()?;
-        Ok(round)
+        Ok((ready, present))
     }
 
     fn score(
@@ -383,5 +396,73 @@ mod tests {
         let mut f = fs::OpenOptions::new().read(true).append(true).open(&path).unwrap();
         recover(&mut f, &path, &mut state).unwrap();
         assert_eq!(state.results_len, 0);
+    }
+
+    fn names(ready: &[(String, Seen)]) -> Vec<&str> {
+        ready.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn only_files_unchanged_between_polls_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("in");
+        fs::create_dir(&inbox).unwrap();
+        let options = WatchOptions {
+            settle: Duration::ZERO,
+            ..WatchOptions::default()
+        };
+        let mut w = Watcher::open(
+            &inbox,
+            &dir.path().join("r.jsonl"),
+            &dir.path().join("s.json"),
+            options,
+        )
+        .unwrap();
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let mut poll = |w: &mut Watcher| {
+            let mut round = Round::default();
+            let (ready, present) = w.scan(later, false, &mut round).unwrap();
+            w.previous = present;
+            ready
+        };
+        fs::write(inbox.join("a.png"), b"half").unwrap();
+        fs::write(inbox.join(".b.png"), b"hidden until renamed").unwrap();
+        fs::write(inbox.join("c.txt"), b"not an image").unwrap();
+        assert!(poll(&mut w).is_empty(), "first sight: not settled yet");
+        fs::write(inbox.join("a.png"), b"half and the rest").unwrap();
+        assert!(poll(&mut w).is_empty(), "still growing");
+        assert_eq!(names(&poll(&mut w)), ["a.png"], "unchanged since the last poll");
+        fs::rename(inbox.join(".b.png"), inbox.join("b.png")).unwrap();
+        assert!(names(&poll(&mut w)).contains(&"a.png"));
+        assert_eq!(names(&poll(&mut w)), ["a.png", "b.png"]);
+    }
+
+    #[test]
+    fn the_settle_time_holds_back_recent_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("in");
+        fs::create_dir(&inbox).unwrap();
+        let options = WatchOptions {
+            settle: Duration::from_secs(3600),
+            ..WatchOptions::default()
+        };
+        let mut w = Watcher::open(
+            &inbox,
+            &dir.path().join("r.jsonl"),
+            &dir.path().join("s.json"),
+            options,
+        )
+        .unwrap();
+        fs::write(inbox.join("a.png"), b"x").unwrap();
+        for _ in 0..2 {
+            let mut round = Round::default();
+            let (ready, present) = w.scan(SystemTime::now(), false, &mut round).unwrap();
+            w.previous = present;
+            assert!(ready.is_empty());
+            assert_eq!(round.waiting, 1);
+        }
+        let mut round = Round::default();
+        let (ready, _) = w.scan(SystemTime::now(), true, &mut round).unwrap();
+        assert_eq!(names(&ready), ["a.png"], "--once takes everything present");
     }
 }

@@ -260,6 +260,17 @@ fn is_image_type(content_type: &str) -> bool {
 /// The whole body, within the size limit and the read timeout (slow clients).
 async fn read_body(state: &State, body: Incoming) -> Result<Bytes, ApiError> {
     let limit = state.options.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body over the limit of {limit} bytes"),
+        )
+    };
+    // A declared Content-Length over the limit is refused before reading a byte.
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
     let read = Limited::new(body, limit).collect();
     match tokio::time::timeout(state.options.read_timeout, read).await {
         Err(_) => Err(ApiError::new(
@@ -270,11 +281,7 @@ async fn read_body(state: &State, body: Incoming) -> Result<Bytes, ApiError> {
                 state.options.read_timeout
             ),
         )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body over the limit of {limit} bytes"),
-        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_body",
