@@ -218,7 +218,7 @@ impl Watcher {
         }
         // Forget what left the folder, so the state stays small.
         self.state.done.retain(|name, _| present.contains_key(name));
-        ready.sort();
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
         Ok((ready, present))
     }
 

@@ -40,8 +40,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 2.0, value_parser = non_negative)]
     batch_window: f64,
 
-    /// Most images in one inference call.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Most images in one inference call. A plan is made at start for each power of
+    /// two up to it (more memory for a larger value).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_batch: u32,
 
     /// Prediction requests handled at once (decoding, waiting or inferring); beyond
@@ -133,8 +134,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         decode_threads: args.decode_threads.map_or(cpus, |n| n as usize),
         token,
     };
-    // Plans for the batch sizes most used, made before the first client waits.
-    classifier.prepare(1)?;
     let classifier = Arc::new(classifier);
     let server = Server::bind(classifier.clone(), options)?;
     let addr = server.local_addr().context("listening socket")?;

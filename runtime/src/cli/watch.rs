@@ -113,8 +113,12 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
                 round.scored
             );
         }
-        if args.once {
+        // With --once, the files over one poll's cap are left "waiting": go on.
+        if args.once && round.waiting == 0 {
             break;
+        }
+        if args.once {
+            continue;
         }
         let next = Instant::now() + interval;
         while Instant::now() < next && !stop.load(Ordering::SeqCst) {

@@ -6,6 +6,11 @@
 //! other requests are still decoding (a lone client pays no wait), and never past
 //! `max_batch` images. A window of zero turns batching off: each request is
 //! inferred on its own. Jobs whose client has gone (timed out) are dropped unrun.
+//!
+//! tract makes (and keeps) one optimised plan per batch size, and a plan holds its
+//! own packed copy of the weights. So a batch runs as chunks of power-of-two sizes
+//! (13 images: 8 + 4 + 1), and at most log2(`max_batch`) + 1 plans ever exist, all
+//! made at start: memory stays flat under any mix of load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,12 +51,15 @@ impl Batcher {
         let (tx, rx) = mpsc::channel::<Job>();
         let decoding = Arc::new(AtomicUsize::new(0));
         let waiting_for = decoding.clone();
+        for size in plan_sizes(max_batch) {
+            classifier.prepare(size).map_err(std::io::Error::other)?;
+        }
         let handle = std::thread::Builder::new()
             .name("fennec-infer".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let jobs = gather(first, &rx, window, max_batch, &waiting_for);
-                    run(&classifier, jobs, &metrics);
+                    run(&classifier, jobs, max_batch, &metrics);
                 }
             })?;
         Ok((
@@ -142,7 +150,7 @@ fn gather(
 }
 
 /// Runs the jobs still wanted as one batch and sends each its rows.
-fn run(classifier: &Classifier, jobs: Vec<Job>, metrics: &Metrics) {
+fn run(classifier: &Classifier, jobs: Vec<Job>, max_batch: usize, metrics: &Metrics) {
     let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
     let n: usize = jobs.iter().map(|j| j.n).sum();
     if n == 0 {
@@ -153,7 +161,15 @@ fn run(classifier: &Classifier, jobs: Vec<Job>, metrics: &Metrics) {
         input.extend_from_slice(&j.input);
     }
     metrics.batch(n);
-    match classifier.classify(&input, n) {
+    let len = input.len() / n;
+    let mut rows = Vec::with_capacity(n);
+    let mut at = 0;
+    let outcome = chunks(n, max_batch).into_iter().try_for_each(|size| {
+        rows.extend(classifier.classify(&input[at * len..(at + size) * len], size)?);
+        at += size;
+        Ok::<(), crate::error::Error>(())
+    });
+    match outcome.map(|()| rows) {
         Ok(rows) => {
             let mut rows = rows.into_iter();
             for j in jobs {
@@ -167,6 +183,28 @@ fn run(classifier: &Classifier, jobs: Vec<Job>, metrics: &Metrics) {
             }
         }
     }
+}
+
+/// The batch sizes plans are made for: powers of two up to `max_batch`.
+fn plan_sizes(max_batch: usize) -> Vec<usize> {
+    (0..usize::BITS)
+        .map(|i| 1usize << i)
+        .take_while(|&s| s <= max_batch.max(1))
+        .collect()
+}
+
+/// `n` images as chunks of plan sizes, largest first (13 -> 8, 4, 1).
+fn chunks(n: usize, max_batch: usize) -> Vec<usize> {
+    let sizes = plan_sizes(max_batch);
+    let mut left = n;
+    let mut out = vec![];
+    for &size in sizes.iter().rev() {
+        while left >= size {
+            out.push(size);
+            left -= size;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -219,5 +257,19 @@ mod tests {
         let idle = AtomicUsize::new(0);
         let jobs = gather(first, &rx, Duration::from_secs(3600), 64, &idle);
         assert_eq!(jobs.len(), 1, "returned at once, not after an hour");
+    }
+
+    #[test]
+    fn batches_run_as_power_of_two_chunks() {
+        assert_eq!(plan_sizes(32), [1, 2, 4, 8, 16, 32]);
+        assert_eq!(plan_sizes(12), [1, 2, 4, 8]);
+        assert_eq!(plan_sizes(0), [1]);
+        assert_eq!(chunks(13, 32), [8, 4, 1]);
+        assert_eq!(chunks(70, 32), [32, 32, 4, 2]);
+        assert_eq!(chunks(7, 4), [4, 2, 1]);
+        assert_eq!(chunks(1, 1), [1]);
+        for n in 1..100 {
+            assert_eq!(chunks(n, 16).iter().sum::<usize>(), n);
+        }
     }
 }

@@ -64,7 +64,7 @@ impl Default for ServeOptions {
         ServeOptions {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             batch_window: Duration::from_millis(2),
-            max_batch: 32,
+            max_batch: 16,
             max_body_bytes: 16 << 20,
             max_images: 64,
             limits: DecodeLimits::default(),
