@@ -104,12 +104,20 @@ fn predicts_raw_and_multipart_bodies() {
     let preds = &a.json()["results"][0]["predictions"];
     assert_eq!(preds.as_array().unwrap().len(), 3, "{preds}");
     assert_eq!(preds[0]["label"], "red");
-    let p: Vec<f64> = (0..3).map(|i| preds[i]["probability"].as_f64().unwrap()).collect();
+    let p: Vec<f64> = (0..3)
+        .map(|i| preds[i]["probability"].as_f64().unwrap())
+        .collect();
     assert!(p[0] >= p[1] && p[1] >= p[2], "{p:?}");
     assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{p:?}");
 
     // The same probabilities as `fennec predict`.
-    let out = fennec!("predict", model(d.path()), d.path().join("red.png"), "--json").ok();
+    let out = fennec!(
+        "predict",
+        model(d.path()),
+        d.path().join("red.png"),
+        "--json"
+    )
+    .ok();
     let local: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     let want = local["predictions"][0]["probability"].as_f64().unwrap();
     assert!((p[0] - want).abs() < 1e-6, "{} vs {want}", p[0]);
@@ -199,23 +207,56 @@ fn bad_images_get_4xx_json_and_the_server_keeps_serving() {
     save(&color_image(40, 30, RED, 1), &jpg_path);
     let jpg = std::fs::read(&jpg_path).unwrap();
     let huge_path = d.path().join("huge.png");
-    image::GrayImage::new(10_000, 10_000).save(&huge_path).unwrap();
+    image::GrayImage::new(10_000, 10_000)
+        .save(&huge_path)
+        .unwrap();
     let huge = std::fs::read(&huge_path).unwrap();
-    assert!(huge.len() < 1 << 20, "the huge PNG must pass the body limit");
+    assert!(
+        huge.len() < 1 << 20,
+        "the huge PNG must pass the body limit"
+    );
 
     // The runtime's bad-image corpus (as in runtime_cli's eval test), and more.
     let png = &["Content-Type: image/png"][..];
     let cases: Vec<(&str, &[&str], Vec<u8>, u16, &str)> = vec![
         ("empty", png, vec![], 422, "empty"),
-        ("text", png, b"this is not a jpeg".to_vec(), 422, "not_an_image"),
-        ("truncated", png, jpg[..jpg.len() / 2].to_vec(), 422, "truncated"),
+        (
+            "text",
+            png,
+            b"this is not a jpeg".to_vec(),
+            422,
+            "not_an_image",
+        ),
+        (
+            "truncated",
+            png,
+            jpg[..jpg.len() / 2].to_vec(),
+            422,
+            "truncated",
+        ),
         ("huge", png, huge, 413, "too_large"),
-        ("wrong type", &["Content-Type: text/plain"], red.clone(), 415, "unsupported_media_type"),
+        (
+            "wrong type",
+            &["Content-Type: text/plain"],
+            red.clone(),
+            415,
+            "unsupported_media_type",
+        ),
         ("bad k", png, red.clone(), 400, "bad_query"),
-        ("bad multipart", &["Content-Type: multipart/form-data; boundary=x"], b"garbage".to_vec(), 400, "bad_multipart"),
+        (
+            "bad multipart",
+            &["Content-Type: multipart/form-data; boundary=x"],
+            b"garbage".to_vec(),
+            400,
+            "bad_multipart",
+        ),
     ];
     for (what, headers, body, status, kind) in cases {
-        let path = if what == "bad k" { "/v1/predict?k=0" } else { "/v1/predict" };
+        let path = if what == "bad k" {
+            "/v1/predict?k=0"
+        } else {
+            "/v1/predict"
+        };
         let a = server.post(path, headers, &body);
         assert_eq!(a.status, status, "{what}: {}", a.text());
         let v = a.json();
@@ -257,8 +298,14 @@ fn bad_images_get_4xx_json_and_the_server_keeps_serving() {
         assert_eq!(a.json()["kind"], "body_too_large");
     }
     server.still_serving(&red);
-    assert_eq!(server.metric("fennec_errors_total{kind=\"truncated\"}"), 1.0);
-    assert_eq!(server.metric("fennec_errors_total{kind=\"too_large\"}"), 1.0);
+    assert_eq!(
+        server.metric("fennec_errors_total{kind=\"truncated\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("fennec_errors_total{kind=\"too_large\"}"),
+        1.0
+    );
 
     // A client that hangs up in the middle of its body costs nothing.
     let mut c = Client::connect(server.addr).unwrap();
@@ -268,7 +315,9 @@ fn bad_images_get_4xx_json_and_the_server_keeps_serving() {
     drop(c);
     // Nor does garbage instead of HTTP.
     let mut c = Client::connect(server.addr).unwrap();
-    c.stream().write_all(b"\x16\x03\x01 hello?\r\n\r\n").unwrap();
+    c.stream()
+        .write_all(b"\x16\x03\x01 hello?\r\n\r\n")
+        .unwrap();
     let _ = c.read_answer();
     server.still_serving(&red);
 }
@@ -279,7 +328,14 @@ fn limits_slow_clients_and_overload() {
     let red = png_bytes(RED, d.path(), "red.png");
     let server = Server::start(
         &model(d.path()),
-        &["--max-requests", "1", "--read-timeout", "1", "--header-timeout", "1"],
+        &[
+            "--max-requests",
+            "1",
+            "--read-timeout",
+            "1",
+            "--header-timeout",
+            "1",
+        ],
     );
     // A slow client: headers, a bit of its body, then nothing.
     let mut slow = Client::connect(server.addr).unwrap();
@@ -300,7 +356,9 @@ fn limits_slow_clients_and_overload() {
 
     // A client that never finishes its headers is disconnected.
     let mut c = Client::connect(server.addr).unwrap();
-    c.stream().write_all(b"POST /v1/predict HTTP/1.1\r\nHo").unwrap();
+    c.stream()
+        .write_all(b"POST /v1/predict HTTP/1.1\r\nHo")
+        .unwrap();
     let mut rest = vec![];
     let _ = std::io::Read::read_to_end(c.stream(), &mut rest);
     server.still_serving(&red);
@@ -330,8 +388,15 @@ fn token_guards_everything_but_health() {
 
     let empty = d.path().join("empty-token");
     std::fs::write(&empty, "\n").unwrap();
-    fennec!("serve", model(d.path()), "--bind", "127.0.0.1:0", "--token-file", empty)
-        .fails(1, &["empty-token", "token file is empty"]);
+    fennec!(
+        "serve",
+        model(d.path()),
+        "--bind",
+        "127.0.0.1:0",
+        "--token-file",
+        empty
+    )
+    .fails(1, &["empty-token", "token file is empty"]);
 }
 
 #[test]
@@ -360,7 +425,13 @@ fn sigterm_finishes_requests_in_flight() {
     c.stream().write_all(&red[..red.len() / 2]).unwrap();
     server.wait_metric("fennec_requests_in_flight", 1.0);
     let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     // New connections are refused once the listener is closed.
     let deadline = Instant::now() + Duration::from_secs(30);
     while Client::connect(server.addr).is_ok() {

@@ -66,7 +66,9 @@ fn once_scores_each_file_once_and_skips_bad_ones() {
     let stderr = text(&run.get_output().stderr);
     for bad in ["empty.jpg", "text.jpg", "truncated.jpg", "huge.png"] {
         assert!(
-            stderr.lines().any(|l| l.starts_with("skipped:") && l.contains(bad)),
+            stderr
+                .lines()
+                .any(|l| l.starts_with("skipped:") && l.contains(bad)),
             "{bad} not logged:\n{stderr}"
         );
     }
@@ -76,12 +78,22 @@ fn once_scores_each_file_once_and_skips_bad_ones() {
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["empty.jpg", "green.jpg", "huge.png", "red.png", "text.jpg", "truncated.jpg"],
+        [
+            "empty.jpg",
+            "green.jpg",
+            "huge.png",
+            "red.png",
+            "text.jpg",
+            "truncated.jpg"
+        ],
         "hidden and non-image files are never taken"
     );
     assert_eq!(rows.len(), 6, "one line per file");
     assert_eq!(files["red.png"][0]["predictions"][0]["label"], "red");
-    assert_eq!(files["red.png"][0]["predictions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        files["red.png"][0]["predictions"].as_array().unwrap().len(),
+        2
+    );
     assert_eq!(files["green.jpg"][0]["predictions"][0]["label"], "green");
     for (name, kind) in [
         ("empty.jpg", "empty"),
@@ -174,13 +186,28 @@ fn watching_scores_arrivals_moves_them_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = child.wait().unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(status.success(), "{status:?}\n{stderr}");
     assert!(stderr.contains("stopped: 2 scored, 1 failed"), "{stderr}");
-    assert!(stderr.lines().any(|l| l.starts_with("skipped:") && l.contains("broken.jpg")));
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("skipped:") && l.contains("broken.jpg"))
+    );
 
     let files = by_file(&lines(&out));
     assert_eq!(files.len(), 3, "{files:?}");

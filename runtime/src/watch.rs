@@ -313,7 +313,9 @@ fn recover(results: &mut fs::File, path: &Path, state: &mut State) -> Result<()>
         return Ok(());
     }
     let mut tail = Vec::new();
-    results.seek(SeekFrom::Start(state.results_len)).map_err(io)?;
+    results
+        .seek(SeekFrom::Start(state.results_len))
+        .map_err(io)?;
     results.read_to_end(&mut tail).map_err(io)?;
     let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     for line in tail[..complete].split(|&b| b == b'\n') {
@@ -367,7 +369,13 @@ mod tests {
         fs::write(&path, format!("{saved}{unsaved}{{\"file\": \"c.pn")).unwrap();
         let mut state = State {
             results_len: saved.len() as u64,
-            done: BTreeMap::from([("a.png".into(), Seen { size: 1, mtime_ns: 7 })]),
+            done: BTreeMap::from([(
+                "a.png".into(),
+                Seen {
+                    size: 1,
+                    mtime_ns: 7,
+                },
+            )]),
             ..State::default()
         };
         let mut f = fs::OpenOptions::new()
@@ -377,7 +385,13 @@ mod tests {
             .unwrap();
         recover(&mut f, &path, &mut state).unwrap();
         assert_eq!(state.done.len(), 2);
-        assert_eq!(state.done["b.png"], Seen { size: 2, mtime_ns: 7 });
+        assert_eq!(
+            state.done["b.png"],
+            Seen {
+                size: 2,
+                mtime_ns: 7
+            }
+        );
         assert_eq!(state.scored, 1);
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text, format!("{saved}{unsaved}"), "torn line removed");
@@ -393,7 +407,11 @@ mod tests {
             results_len: 500,
             ..State::default()
         };
-        let mut f = fs::OpenOptions::new().read(true).append(true).open(&path).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
         recover(&mut f, &path, &mut state).unwrap();
         assert_eq!(state.results_len, 0);
     }
@@ -431,7 +449,11 @@ mod tests {
         assert!(poll(&mut w).is_empty(), "first sight: not settled yet");
         fs::write(inbox.join("a.png"), b"half and the rest").unwrap();
         assert!(poll(&mut w).is_empty(), "still growing");
-        assert_eq!(names(&poll(&mut w)), ["a.png"], "unchanged since the last poll");
+        assert_eq!(
+            names(&poll(&mut w)),
+            ["a.png"],
+            "unchanged since the last poll"
+        );
         fs::rename(inbox.join(".b.png"), inbox.join("b.png")).unwrap();
         assert!(names(&poll(&mut w)).contains(&"a.png"));
         assert_eq!(names(&poll(&mut w)), ["a.png", "b.png"]);

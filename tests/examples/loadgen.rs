@@ -82,8 +82,10 @@ fn load_images(a: &Args) -> Result<Vec<(Vec<u8>, Option<String>)>, String> {
     if let Some(p) = &a.expect {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         for line in text.lines() {
-            let v: Value = serde_json::from_str(line).map_err(|e| format!("{}: {e}", p.display()))?;
-            if let (Some(f), Some(l)) = (v["file"].as_str(), v["predictions"][0]["label"].as_str()) {
+            let v: Value =
+                serde_json::from_str(line).map_err(|e| format!("{}: {e}", p.display()))?;
+            if let (Some(f), Some(l)) = (v["file"].as_str(), v["predictions"][0]["label"].as_str())
+            {
                 expected.insert(f.to_string(), l.to_string());
             }
         }
@@ -185,7 +187,11 @@ fn client(
     let mut latencies = vec![];
     let mut conn: Option<Client> = None;
     let mut i = id * 7919;
-    let bad_every = if a.bad > 0.0 { (1.0 / a.bad).round() as u64 } else { 0 };
+    let bad_every = if a.bad > 0.0 {
+        (1.0 / a.bad).round() as u64
+    } else {
+        0
+    };
     loop {
         let n = issued.fetch_add(1, Ordering::Relaxed);
         if n >= a.requests || Instant::now() >= end {
@@ -208,17 +214,22 @@ fn client(
             if conn.is_none() {
                 conn = Some(Client::connect(a.addr)?);
             }
-            conn.as_mut()
-                .unwrap()
-                .send("POST", "/v1/predict", &["Content-Type: application/octet-stream"], bytes)
+            conn.as_mut().unwrap().send(
+                "POST",
+                "/v1/predict",
+                &["Content-Type: application/octet-stream"],
+                bytes,
+            )
         })();
         let elapsed = start.elapsed().as_secs_f64();
         match answer {
             Ok(r) if r.status == 200 => {
                 latencies.push(elapsed);
-                let top = serde_json::from_slice::<Value>(&r.body)
-                    .ok()
-                    .and_then(|v| v["results"][0]["predictions"][0]["label"].as_str().map(str::to_string));
+                let top = serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| {
+                    v["results"][0]["predictions"][0]["label"]
+                        .as_str()
+                        .map(str::to_string)
+                });
                 let ok = match (label, top) {
                     (Some(want), Some(got)) => *want == got,
                     (None, Some(_)) => true,

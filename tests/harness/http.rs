@@ -87,7 +87,8 @@ impl Client {
 
     /// Reads one answer (status line, headers, `Content-Length` body).
     pub fn read_answer(&mut self) -> std::io::Result<Answer> {
-        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(

@@ -139,7 +139,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let addr = server.local_addr().context("listening socket")?;
     let model = classifier.info.path.display().to_string();
     if args.json {
-        println!("{}", json!({"listening": format!("http://{addr}"), "model": model}));
+        println!(
+            "{}",
+            json!({"listening": format!("http://{addr}"), "model": model})
+        );
     } else {
         println!(
             "listening on http://{addr} ({model}, {} classes); Ctrl-C to stop",

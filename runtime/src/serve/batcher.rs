@@ -62,13 +62,7 @@ impl Batcher {
                     run(&classifier, jobs, max_batch, &metrics);
                 }
             })?;
-        Ok((
-            Batcher {
-                jobs: tx,
-                decoding,
-            },
-            handle,
-        ))
+        Ok((Batcher { jobs: tx, decoding }, handle))
     }
 
     /// Marks one request as decoding until the guard is dropped (or [`Decoding::submit`]).

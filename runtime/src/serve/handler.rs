@@ -71,10 +71,9 @@ impl ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -96,9 +95,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer,
     };
     state.metrics.request(&path, answer.status().as_u16());
     if is_predict {
-        state
-            .metrics
-            .predict_latency(start.elapsed().as_secs_f64());
+        state.metrics.predict_latency(start.elapsed().as_secs_f64());
     }
     Ok(answer)
 }
@@ -118,7 +115,9 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Answer, ApiError
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("no such endpoint: {path} (try POST /v1/predict, GET /v1/model, /healthz, /metrics)"),
+                format!(
+                    "no such endpoint: {path} (try POST /v1/predict, GET /v1/model, /healthz, /metrics)"
+                ),
             ));
         }
     };
@@ -235,13 +234,17 @@ fn parse_k(query: Option<&str>, classes: usize) -> Result<usize, ApiError> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         if key == "k" {
-            k = value.parse::<usize>().ok().filter(|&k| k >= 1).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("k must be a whole number >= 1, got '{value}'"),
-                )
-            })?;
+            k = value
+                .parse::<usize>()
+                .ok()
+                .filter(|&k| k >= 1)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_query",
+                        format!("k must be a whole number >= 1, got '{value}'"),
+                    )
+                })?;
         }
     }
     Ok(k.min(classes))
@@ -309,10 +312,7 @@ async fn split_multipart(
     let mut parts = multer::Multipart::new(stream, boundary);
     let mut images = vec![];
     while let Some(field) = parts.next_field().await.map_err(bad)? {
-        let name = field
-            .file_name()
-            .or(field.name())
-            .map(str::to_string);
+        let name = field.file_name().or(field.name()).map(str::to_string);
         images.push((name, field.bytes().await.map_err(bad)?));
         if images.len() > max_images {
             return Err(ApiError::new(
@@ -444,7 +444,12 @@ mod tests {
 
     #[test]
     fn image_content_types() {
-        for ok in ["", "image/png", "IMAGE/JPEG; q=1", "application/octet-stream"] {
+        for ok in [
+            "",
+            "image/png",
+            "IMAGE/JPEG; q=1",
+            "application/octet-stream",
+        ] {
             assert!(is_image_type(ok), "{ok}");
         }
         for bad in ["text/plain", "application/json"] {

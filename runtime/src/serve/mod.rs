@@ -143,10 +143,7 @@ impl Server {
 
     /// Serves until `shutdown` completes, then finishes the requests in flight
     /// (at most `shutdown_grace`).
-    pub fn run_until(
-        self,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<Summary, ServeError> {
+    pub fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<Summary, ServeError> {
         let Server {
             listener,
             classifier,
