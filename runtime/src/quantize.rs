@@ -694,7 +694,7 @@ impl Plan {
                 continue;
             }
             for input in &mut node.input {
-                if params.contains_key(input) {
+                if params.contains_key(input.as_str()) {
                     *input = format!("{input}_dequantized");
                 }
             }
