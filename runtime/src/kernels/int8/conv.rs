@@ -68,9 +68,9 @@ pub(in crate::kernels) fn plan_fusion(
     };
     if kernel.datum_type() != f32::datum_type()
         || kernel.shape() != [oc, ic, kh, kw]
-        || bias
-            .as_ref()
-            .is_some_and(|b| b.datum_type() != f32::datum_type() || !(b.len() == oc || b.len() == 1))
+        || bias.as_ref().is_some_and(|b| {
+            b.datum_type() != f32::datum_type() || !(b.len() == oc || b.len() == 1)
+        })
     {
         return Ok(None);
     }

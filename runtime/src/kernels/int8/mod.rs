@@ -31,6 +31,6 @@ mod portable;
 mod qdq;
 
 pub use conv::QConv;
-pub use dense::QDense;
 pub(super) use conv::plan_fusion as plan_conv;
+pub use dense::QDense;
 pub(super) use dense::plan_fusion as plan_dense;

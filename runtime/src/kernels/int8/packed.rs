@@ -130,10 +130,7 @@ impl PackedQConv {
         out: &mut [i16],
         stride: usize,
     ) {
-        assert!(
-            pw >= self.kw && y + self.kh <= ph,
-            "row outside the image"
-        );
+        assert!(pw >= self.kw && y + self.kh <= ph, "row outside the image");
         assert_eq!(input.len(), ph * pw * self.icp, "input length");
         let channels = self.block_channels(block);
         let ow = pw - self.kw + 1;
@@ -152,7 +149,7 @@ impl PackedQConv {
             steps,
             y,
         };
-        let store = |x: usize, acc: &[[i32; QOCB]]| {
+        let mut store = |x: usize, acc: &[[i32; QOCB]]| {
             for (p, acc) in acc.iter().enumerate() {
                 for (k, o) in channels.clone().enumerate() {
                     out[k * stride + x + p] = self.requant.apply(o, acc[k]);
@@ -301,7 +298,13 @@ mod tests {
             };
             let wscales: Vec<f32> = (0..oc).map(|o| 0.001 * (o + 1) as f32).collect();
             let bias: Vec<f32> = (0..oc).map(|o| o as f32 * 0.37 - 2.0).collect();
-            let requant = Requant::new(&q(0.02, 3), &wscales, Some(&bias), seed % 2 == 0, &q(0.05, 7));
+            let requant = Requant::new(
+                &q(0.02, 3),
+                &wscales,
+                Some(&bias),
+                seed % 2 == 0,
+                &q(0.05, 7),
+            );
             let k8: Vec<i8> = k.iter().map(|&v| v as i8).collect();
             let centred: Vec<i16> = x.iter().map(|&v| v as i16).collect();
             let (ph, pw) = (h + pad[0].0 + pad[0].1, w + pad[1].0 + pad[1].1);
@@ -313,7 +316,14 @@ mod tests {
                 for y in 0..oh {
                     for b in 0..p.blocks() {
                         let first = p.block_channels(b).start;
-                        p.row(&input, (ph, pw), y, b, &mut got[(first * oh + y) * ow..], oh * ow);
+                        p.row(
+                            &input,
+                            (ph, pw),
+                            y,
+                            b,
+                            &mut got[(first * oh + y) * ow..],
+                            oh * ow,
+                        );
                     }
                 }
                 for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {

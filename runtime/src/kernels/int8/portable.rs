@@ -41,7 +41,7 @@ pub(super) fn dot_rows<const R: usize>(w: &[i8], k: usize, x: &[i16]) -> [i32; R
         for j in 0..R {
             let wv = rows[j][i];
             for l in 0..LANES {
-                acc[j][l] += xv[l] as i32 * wv[l] as i32;
+                acc[j][l] = acc[j][l].wrapping_add(xv[l] as i32 * wv[l] as i32);
             }
         }
     }
