@@ -34,3 +34,121 @@ pub use conv::QConv;
 pub(super) use conv::plan_fusion as plan_conv;
 pub use dense::QDense;
 pub(super) use dense::plan_fusion as plan_dense;
+
+// The tests build QDQ models as ONNX files, as onnxruntime's quantizer writes them.
+#[cfg(all(test, feature = "onnx"))]
+mod tests {
+    use crate::kernels::testing::{rnd, run_onnx_both};
+    use crate::metadata::ModelMetadata;
+    use crate::onnx_writer::pb::tensor_proto::DataType;
+    use crate::onnx_writer::{Attr, GraphBuilder};
+
+    /// `x -> Q -> DQ -> Conv(DQ(int8 kernel)) -> Relu -> Q -> DQ -> MaxPool -> Q
+    /// -> DQ -> Flatten -> Q -> DQ -> Gemm(DQ(int8 weights)) -> Q -> DQ -> y`,
+    /// per-channel weight scales, u8 activations.
+    fn model(input: [usize; 4], oc: usize, pads: i64, units: usize, seed: u64) -> Vec<u8> {
+        let [_, c, h, w] = input;
+        let mut g = GraphBuilder::new("qdq");
+        g.input("x", &[None, Some(c as i64), Some(h as i64), Some(w as i64)]);
+        let mut n = 0;
+        let mut qdq = |g: &mut GraphBuilder, x: &str, scale: f32, zp: i64| {
+            n += 1;
+            let s = g.weight(&format!("s{n}"), &[], &[scale]);
+            let z = g.int_tensor(&format!("z{n}"), &[], DataType::Uint8, &[zp]);
+            let q = g.node("QuantizeLinear", &[x, &s, &z], vec![], None);
+            g.node("DequantizeLinear", &[&q, &s, &z], vec![], None)
+        };
+        // Per-channel symmetric int8 weights, as `DequantizeLinear` on axis 0.
+        let weights = |g: &mut GraphBuilder, name: &str, dims: &[i64], seed: u64| {
+            let rows = dims[0] as usize;
+            let len = dims.iter().product::<i64>() as usize;
+            let codes: Vec<i64> = rnd(len, seed)
+                .iter()
+                .map(|v| (v * 254.0).round() as i64)
+                .collect();
+            let scales: Vec<f32> = (0..rows).map(|r| 0.002 + 0.0007 * r as f32).collect();
+            let q = g.int_tensor(&format!("{name}_q"), dims, DataType::Int8, &codes);
+            let s = g.weight(&format!("{name}_s"), &[rows as i64], &scales);
+            let z = g.int_tensor(
+                &format!("{name}_z"),
+                &[rows as i64],
+                DataType::Int8,
+                &vec![0; rows],
+            );
+            g.node(
+                "DequantizeLinear",
+                &[&q, &s, &z],
+                vec![("axis", Attr::Int(0))],
+                None,
+            )
+        };
+        let x = qdq(&mut g, "x", 0.004, 128);
+        let k = weights(&mut g, "k", &[oc as i64, c as i64, 3, 3], seed);
+        let b = g.weight("b", &[oc as i64], &rnd(oc, seed + 1));
+        let attrs = vec![
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("pads", Attr::Ints(vec![pads; 4])),
+        ];
+        let y = g.node("Conv", &[&x, &k, &b], attrs, None);
+        let y = g.node("Relu", &[&y], vec![], None);
+        let y = qdq(&mut g, &y, 0.01, 0);
+        let attrs = vec![
+            ("kernel_shape", Attr::Ints(vec![2, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ];
+        let y = g.node("MaxPool", &[&y], attrs, None);
+        let y = qdq(&mut g, &y, 0.01, 0);
+        let y = g.node("Flatten", &[&y], vec![], None);
+        let y = qdq(&mut g, &y, 0.01, 0);
+        let (oh, ow) = (h + 2 * pads as usize - 2, w + 2 * pads as usize - 2);
+        let k_dense = (oc * (oh / 2) * (ow / 2)) as i64;
+        let wd = weights(&mut g, "w", &[units as i64, k_dense], seed + 2);
+        let bd = g.weight("bd", &[units as i64], &rnd(units, seed + 3));
+        let y = g.node(
+            "Gemm",
+            &[&y, &wd, &bd],
+            vec![("transB", Attr::Int(1))],
+            None,
+        );
+        let y = qdq(&mut g, &y, 0.05, 128);
+        g.node("Identity", &[&y], vec![], Some("y"));
+        g.output("y", &[None, None]);
+        g.finish(&ModelMetadata::default())
+    }
+
+    /// The rewrite puts in both int8 ops, and its answers equal tract's float
+    /// path but where a value sits on a rounding edge: one output step at most.
+    fn check(input: [usize; 4], oc: usize, pads: i64, units: usize) {
+        for threads in [1, 2] {
+            let bytes = model(input, oc, pads, units, 11);
+            let (want, got, replaced) = run_onnx_both(&bytes, &input, 5, threads);
+            assert_eq!(replaced, 2, "int8 ops put in");
+            assert_eq!(want.len(), input[0] * units);
+            let step = 0.05;
+            let mut differ = 0;
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!((w - g).abs() <= step * 1.001, "at {i}: {g} vs tract {w}");
+                differ += (w != g) as usize;
+            }
+            assert!(
+                differ * 10 <= want.len(),
+                "{differ} of {} differ",
+                want.len()
+            );
+            assert!(
+                want.iter().any(|&w| w != want[0]),
+                "degenerate model: one value everywhere"
+            );
+        }
+    }
+
+    #[test]
+    fn qdq_conv_pool_dense_runs_on_integer_kernels() {
+        check([1, 3, 12, 17], 20, 1, 10);
+    }
+
+    #[test]
+    fn qdq_one_channel_valid_padding_batch_of_three() {
+        check([3, 1, 9, 8], 5, 0, 33);
+    }
+}
