@@ -124,24 +124,31 @@ pub(in crate::kernels) fn plan_fusion(
         relu = true;
         nodes.push(next.id);
     }
-    let Some(q_node) = sole_successor(model, *nodes.last().unwrap())? else {
-        return Ok(None);
+    // Codes out when a QuantizeLinear follows, else floats (a last layer that
+    // feeds a Softmax unquantized, as `fennec quantize` writes it).
+    let last = *nodes.last().unwrap();
+    let output_q = match sole_successor(model, last)? {
+        Some(q_node) => quantize_params(q_node).map(|q| (q, q_node.id)),
+        None => None,
     };
-    let Some(output_q) = quantize_params(q_node) else {
-        return Ok(None);
+    let output = match output_q {
+        Some((q, q_id)) => {
+            nodes.push(q_id);
+            Output::Codes(
+                q.act,
+                Requant::new(&input_q, &scales, bias.as_deref(), relu, &q),
+            )
+        }
+        None => Output::Float {
+            scale: scales.iter().map(|s| s * input_q.scale).collect(),
+            bias: bias.unwrap_or_else(|| vec![0.0; units]),
+            relu,
+        },
     };
-    nodes.push(q_node.id);
     let op = QDense {
         weights: Arc::new(codes),
-        requant: Arc::new(Requant::new(
-            &input_q,
-            &scales,
-            bias.as_deref(),
-            relu,
-            &output_q,
-        )),
+        output: Arc::new(output),
         input: input_q,
-        output: output_q.act,
         k,
         units,
         images,
@@ -179,14 +186,26 @@ fn bias_of(
     Ok(Some(b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))
 }
 
-/// `Q(relu(W DQ(x) + b))` on 8-bit codes, `W` as int8 codes in rows of `k`.
+/// What a [`QDense`] makes of its i32 sums.
+#[derive(Debug, Clone, PartialEq)]
+enum Output {
+    /// Requantized codes of this type.
+    Codes(Act, Requant),
+    /// `relu(sum * scale + bias)` per unit, in f32.
+    Float {
+        scale: Vec<f32>,
+        bias: Vec<f32>,
+        relu: bool,
+    },
+}
+
+/// `Q(relu(W DQ(x) + b))` (or the float before `Q`) on 8-bit codes, `W` as int8 codes in rows of `k`.
 #[derive(Debug, Clone)]
 pub struct QDense {
     /// `[units][k]` int8 codes.
     weights: Arc<Vec<i8>>,
-    requant: Arc<Requant>,
+    output: Arc<Output>,
     input: QParams,
-    output: Act,
     k: usize,
     units: usize,
     images: usize,
@@ -196,9 +215,8 @@ pub struct QDense {
 impl PartialEq for QDense {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.weights, &other.weights)
-            && Arc::ptr_eq(&self.requant, &other.requant)
+            && Arc::ptr_eq(&self.output, &other.output)
             && self.input == other.input
-            && self.output == other.output
             && self.output_shape == other.output_shape
     }
 }
@@ -206,9 +224,9 @@ impl PartialEq for QDense {
 impl Eq for QDense {}
 
 impl QDense {
-    /// Units `first..first + out.len() / images` for every image of `x` (centred
-    /// codes, `[images][k]`) into `out`, `[unit][image]`.
-    fn run_rows(&self, x: &[i16], first: usize, out: &mut [i16]) {
+    /// The sums of units `first..first + out.len() / images` for every image of
+    /// `x` (centred codes, `[images][k]`) into `out`, `[unit][image]`.
+    fn run_rows(&self, x: &[i16], first: usize, out: &mut [i32]) {
         let (k, n) = (self.k, self.images);
         for (i, chunk) in out.chunks_mut(ROWS * n).enumerate() {
             let row = first + i * ROWS;
@@ -224,7 +242,7 @@ impl QDense {
                     }
                 }
                 for (j, s) in sums.iter().take(rows).enumerate() {
-                    chunk[j * n + image] = self.requant.apply(row + j, *s);
+                    chunk[j * n + image] = *s;
                 }
             }
         }
@@ -232,8 +250,14 @@ impl QDense {
 
     fn describe(&self) -> String {
         format!(
-            "int8 dense {} -> {} units, batch {}",
-            self.k, self.units, self.images
+            "int8 dense {} -> {} units, batch {}, {} out",
+            self.k,
+            self.units,
+            self.images,
+            match &*self.output {
+                Output::Codes(act, _) => format!("{:?}", act.datum_type()),
+                Output::Float { .. } => "f32".into(),
+            }
         )
     }
 
@@ -251,7 +275,7 @@ impl QDense {
         );
         let x = self.input.act.centred(input, self.input.zero_point)?;
         let n = self.images;
-        let mut by_unit = vec![0i16; self.units * n];
+        let mut by_unit = vec![0i32; self.units * n];
         let pool = inference_pool().filter(|_| self.weights.len() >= MIN_PARALLEL_WEIGHTS);
         match pool {
             Some(pool) => {
@@ -266,13 +290,27 @@ impl QDense {
             }
             None => self.run_rows(&x, 0, &mut by_unit),
         }
-        let mut out = vec![0i16; self.units * n];
-        for (u, row) in by_unit.chunks_exact(n).enumerate() {
-            for (image, &v) in row.iter().enumerate() {
-                out[image * self.units + u] = v;
+        // [unit][image] sums to [image][unit] outputs.
+        let at = |i: usize| by_unit[(i % self.units) * n + i / self.units];
+        let len = self.units * n;
+        match &*self.output {
+            Output::Codes(act, requant) => {
+                let codes: Vec<i16> = (0..len)
+                    .map(|i| requant.apply(i % self.units, at(i)))
+                    .collect();
+                act.tensor(&self.output_shape, &codes)
+            }
+            Output::Float { scale, bias, relu } => {
+                let v: Vec<f32> = (0..len)
+                    .map(|i| {
+                        let u = i % self.units;
+                        let v = at(i) as f32 * scale[u] + bias[u];
+                        if *relu { v.max(0.0) } else { v }
+                    })
+                    .collect();
+                Tensor::from_shape(&self.output_shape, &v)
             }
         }
-        self.output.tensor(&self.output_shape, &out)
     }
 }
 
@@ -291,7 +329,11 @@ fused_op!(QDense, "FennecQDense");
 
 impl TypedOp for QDense {
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(self.output.datum_type().fact(&self.output_shape)))
+        let dt = match &*self.output {
+            Output::Codes(act, _) => act.datum_type(),
+            Output::Float { .. } => f32::datum_type(),
+        };
+        Ok(tvec!(dt.fact(&self.output_shape)))
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {

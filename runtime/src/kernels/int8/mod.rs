@@ -45,8 +45,10 @@ mod tests {
 
     /// `x -> Q -> DQ -> Conv(DQ(int8 kernel)) -> Relu -> Q -> DQ -> MaxPool -> Q
     /// -> DQ -> Flatten -> Q -> DQ -> Gemm(DQ(int8 weights)) -> Q -> DQ -> y`,
-    /// per-channel weight scales, u8 activations.
-    fn model(input: [usize; 4], oc: usize, pads: i64, units: usize, seed: u64) -> Vec<u8> {
+    /// per-channel weight scales, u8 activations; without the last `Q -> DQ` when
+    /// `!codes_out` (a float output, as `fennec quantize` leaves the last layer).
+    fn model(input: [usize; 4], oc: usize, pads: i64, units: usize, codes_out: bool) -> Vec<u8> {
+        let seed = 11;
         let [_, c, h, w] = input;
         let mut g = GraphBuilder::new("qdq");
         g.input("x", &[None, Some(c as i64), Some(h as i64), Some(w as i64)]);
@@ -110,7 +112,11 @@ mod tests {
             vec![("transB", Attr::Int(1))],
             None,
         );
-        let y = qdq(&mut g, &y, 0.05, 128);
+        let y = if codes_out {
+            qdq(&mut g, &y, 0.05, 128)
+        } else {
+            y
+        };
         g.node("Identity", &[&y], vec![], Some("y"));
         g.output("y", &[None, None]);
         g.finish(&ModelMetadata::default())
@@ -118,17 +124,22 @@ mod tests {
 
     /// The rewrite puts in both int8 ops, and its answers equal tract's float
     /// path but where a value sits on a rounding edge: one output step at most.
-    fn check(input: [usize; 4], oc: usize, pads: i64, units: usize) {
+    fn check(input: [usize; 4], oc: usize, pads: i64, units: usize, codes_out: bool) {
         for threads in [1, 2] {
-            let bytes = model(input, oc, pads, units, 11);
+            let bytes = model(input, oc, pads, units, codes_out);
             let (want, got, replaced) = run_onnx_both(&bytes, &input, 5, threads);
             assert_eq!(replaced, 2, "int8 ops put in");
             assert_eq!(want.len(), input[0] * units);
-            let step = 0.05;
             let mut differ = 0;
             for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                assert!((w - g).abs() <= step * 1.001, "at {i}: {g} vs tract {w}");
-                differ += (w != g) as usize;
+                // One output step, or float rounding for a float output.
+                let tolerance = if codes_out {
+                    0.05 * 1.001
+                } else {
+                    1e-4 * (1.0 + w.abs())
+                };
+                assert!((w - g).abs() <= tolerance, "at {i}: {g} vs tract {w}");
+                differ += (w != g && codes_out) as usize;
             }
             assert!(
                 differ * 10 <= want.len(),
@@ -144,11 +155,16 @@ mod tests {
 
     #[test]
     fn qdq_conv_pool_dense_runs_on_integer_kernels() {
-        check([1, 3, 12, 17], 20, 1, 10);
+        check([1, 3, 12, 17], 20, 1, 10, true);
     }
 
     #[test]
     fn qdq_one_channel_valid_padding_batch_of_three() {
-        check([3, 1, 9, 8], 5, 0, 33);
+        check([3, 1, 9, 8], 5, 0, 33, true);
+    }
+
+    #[test]
+    fn qdq_dense_with_a_float_output() {
+        check([2, 4, 7, 7], 16, 1, 3, false);
     }
 }
