@@ -3,8 +3,7 @@
 # against fennec on the f32 file and onnxruntime on its own `quantize_static` int8
 # file of the same f32 model (../shared/peers/ort_bench.py, run in place).
 #
-# Measures (targets of issue 9):
-#   size      the int8 file as a share of the f32 file               target: <= 27 %
+# Measures (targets of issue 9; the size and accuracy targets are bench/int8.sh's):
 #   latency   batch-1 p50 at threads 1 and 2: fennec int8 vs fennec f32 (<= 0.5x) and
 #             vs onnxruntime int8 (<= 0.8x); with fennec's per-node profile of the int8
 #             model: GOP/s of the int8 convolutions (2 ops per multiply-add) and GB/s
@@ -19,19 +18,19 @@
 # that command, else the onnxruntime file itself (the same format).
 #
 # Environment (all optional): PEERS_HOME [/work/peers], PEERS_SRC [<repo>/../shared/peers],
-#   PARTS ["size latency folder"], THREADS ["1 2"], REPS [3], RUNS/WARMUP [100 / 10],
+#   PARTS ["latency folder"] (and size), THREADS ["1 2"], REPS [3], RUNS/WARMUP [100 / 10],
 #   F32 [$PEERS_HOME/models/model3_224_torch.onnx], CALIB [$PEERS_HOME/data/synth224/train],
 #   FOLDER [$PEERS_HOME/data/synth224_big/test], ORT_FOLDER ["t1b1 t2b1 t1b16 t2b16"],
 #   ORT_INT8 / FENNEC_INT8 (existing files to use), WORK [new /tmp dir], NO_BUILD=1.
 #
-# Usage: bench/int8.sh    (inside /work/bin/quiet on the shared machine, with NO_BUILD=1)
+# Usage: bench/int8-speed.sh    (inside /work/bin/quiet on the shared machine, with NO_BUILD=1)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS_HOME=${PEERS_HOME:-/work/peers}
 PEERS_SRC=${PEERS_SRC:-$(cd "$ROOT/.." && pwd)/shared/peers}
 PY=$PEERS_HOME/venv/bin/python
-PARTS=${PARTS:-"size latency folder"}
+PARTS=${PARTS:-"latency folder"}
 THREADS=${THREADS:-"1 2"}
 REPS=${REPS:-3}
 RUNS=${RUNS:-100}
@@ -43,7 +42,7 @@ ORT_FOLDER=${ORT_FOLDER:-"t1b1 t2b1 t1b16 t2b16"}
 WORK=${WORK:-$(mktemp -d /tmp/fennec-bench-int8.XXXXXX)}
 BIN=$ROOT/target/release/fennec
 
-die() { echo "bench/int8.sh: $*" >&2; exit 1; }
+die() { echo "bench/int8-speed.sh: $*" >&2; exit 1; }
 [[ -x $PY ]] || die "$PY not found: set PEERS_HOME ($PEERS_SRC/README.md)"
 [[ -f $PEERS_SRC/ort_bench.py ]] || die "$PEERS_SRC/ort_bench.py not found: set PEERS_SRC"
 [[ -f $F32 ]] || die "$F32 not found"
