@@ -64,10 +64,14 @@ mod tests {
         let weights = |g: &mut GraphBuilder, name: &str, dims: &[i64], seed: u64| {
             let rows = dims[0] as usize;
             let len = dims.iter().product::<i64>() as usize;
-            let codes: Vec<i64> = rnd(len, seed)
+            let mut codes: Vec<i64> = rnd(len, seed)
                 .iter()
                 .map(|v| (v * 254.0).round() as i64)
                 .collect();
+            // Symmetric codes reach ±127 in every channel, as quantize_static's do.
+            for row in codes.chunks_mut(len / rows) {
+                row[0] = 127;
+            }
             let scales: Vec<f32> = (0..rows).map(|r| 0.002 + 0.0007 * r as f32).collect();
             let q = g.int_tensor(&format!("{name}_q"), dims, DataType::Int8, &codes);
             let s = g.weight(&format!("{name}_s"), &[rows as i64], &scales);
