@@ -302,7 +302,7 @@ mod tests {
                 &q(0.02, 3),
                 &wscales,
                 Some(&bias),
-                seed % 2 == 0,
+                seed.is_multiple_of(2),
                 &q(0.05, 7),
             );
             let k8: Vec<i8> = k.iter().map(|&v| v as i8).collect();
