@@ -127,7 +127,7 @@ pub(super) fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<F
     Ok(Some(Fusion { op, nodes }))
 }
 
-fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
+pub(in crate::kernels) fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
     let v: Vec<usize> = dims
         .iter()
         .map(|d| d.to_usize().ok())
@@ -138,7 +138,7 @@ fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
 /// A max pool whose windows tile the input without overlap (kernel = stride), start
 /// at the top-left corner, and may be cut short at the bottom/right edge (ONNX
 /// `ceil_mode`, TF `SAME`): `(window_h, window_w, out_h, out_w)`.
-fn pool_window(
+pub(in crate::kernels) fn pool_window(
     spec: &PoolSpec,
     with_indices: bool,
     channels: usize,
