@@ -11,7 +11,11 @@ calibration images, input.bin: the images to score). It writes, next to them:
   - dynamic.onnx: quantize_dynamic (DynamicQuantizeLinear, ConvInteger, MatMulInteger);
   - <name>.ort.bin for each of those and for every extra model listed in int8.json
     (e.g. the file `fennec quantize` wrote, which must also pass onnx.checker):
-    onnxruntime's probabilities on input.bin.
+    onnxruntime's probabilities on input.bin with graph optimisations off, i.e. the
+    ONNX operators evaluated one by one as the standard defines them;
+  - <name>.ortopt.bin: the same with onnxruntime's default optimisations, which fuse
+    Q/DQ pairs into its own integer kernels (these round differently and may move a
+    borderline image to another class: the Rust test bounds how often).
 
 Exit status 0 when all of that worked; otherwise the error.
 Needs: pip install -r .ci/requirements.txt (onnx, onnxruntime, numpy).
@@ -68,9 +72,12 @@ def main():
         m = onnx.load(path(name))
         onnx.checker.check_model(m, full_check=True)
         ops = sorted({n.op_type for n in m.graph.node})
-        sess = ort.InferenceSession(path(name), providers=["CPUExecutionProvider"])
-        (got,) = sess.run(None, {input_name: x})
-        got.astype("<f4").tofile(path(name + ".ort.bin"))
+        reference = ort.SessionOptions()
+        reference.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        for suffix, opts in [(".ort.bin", reference), (".ortopt.bin", ort.SessionOptions())]:
+            sess = ort.InferenceSession(path(name), opts, providers=["CPUExecutionProvider"])
+            (got,) = sess.run(None, {input_name: x})
+            got.astype("<f4").tofile(path(name + suffix))
         print(f"{name:<22} onnx.checker ok  ops: {', '.join(ops)}")
 
 
