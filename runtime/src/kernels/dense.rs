@@ -129,8 +129,8 @@ pub(super) fn plan_fusion(
 }
 
 /// The bias when `node` adds a constant with one value per unit to `x`, in the
-/// shape of `x`.
-fn bias_of(
+/// shape of `x`, the units along its last axis (shared with the int8 dense op).
+pub(in crate::kernels) fn bias_of(
     model: &TypedModel,
     node: &TypedNode,
     x: OutletId,
@@ -148,6 +148,7 @@ fn bias_of(
         || b.datum_type() != f32::datum_type()
         || b.len() != units
         || b.rank() > x_fact.rank()
+        || b.shape().last() != Some(&units)
     {
         return Ok(None);
     }

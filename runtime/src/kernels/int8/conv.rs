@@ -18,7 +18,7 @@ use tract_nnef::tract_core::ops::nn::DataFormat;
 
 use super::packed::{PackedQConv, QOCB};
 use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
-use crate::kernels::conv::{concrete, pool_window};
+use crate::kernels::conv::{Geometry, concrete, pool_window};
 use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
 
 /// Whether node `id` (a `DequantizeLinear`) starts a chain [`QConv`] runs.
@@ -134,9 +134,12 @@ pub(in crate::kernels) fn plan_fusion(
         conv: Arc::new(PackedQConv::new(&codes, (oc, ic, kh, kw), requant)),
         input: input_q,
         output: output_q.act,
-        input_hw: (ih, iw),
-        pad,
-        pool,
+        geo: Geometry {
+            input_hw: (ih, iw),
+            kernel_hw: (kh, kw),
+            pad,
+            pool,
+        },
     };
     Ok(Some(Fusion { op, nodes }))
 }
@@ -148,11 +151,7 @@ pub struct QConv {
     /// How the input is quantized.
     input: QParams,
     output: Act,
-    input_hw: (usize, usize),
-    /// `(before, after)` zero padding of the height and width axes.
-    pad: [(usize, usize); 2],
-    /// `(window_h, window_w, out_h, out_w)` of the fused max pool, if any.
-    pool: Option<(usize, usize, usize, usize)>,
+    geo: Geometry,
 }
 
 impl PartialEq for QConv {
@@ -160,41 +159,21 @@ impl PartialEq for QConv {
         Arc::ptr_eq(&self.conv, &other.conv)
             && self.input == other.input
             && self.output == other.output
-            && self.input_hw == other.input_hw
-            && self.pad == other.pad
-            && self.pool == other.pool
+            && self.geo == other.geo
     }
 }
 
 impl Eq for QConv {}
 
 impl QConv {
-    fn padded_hw(&self) -> (usize, usize) {
-        let (h, w) = self.input_hw;
-        (
-            h + self.pad[0].0 + self.pad[0].1,
-            w + self.pad[1].0 + self.pad[1].1,
-        )
-    }
-
-    fn conv_hw(&self) -> (usize, usize) {
-        let (h, w) = self.padded_hw();
-        (h + 1 - self.conv.kh, w + 1 - self.conv.kw)
-    }
-
-    fn output_hw(&self) -> (usize, usize) {
-        self.pool
-            .map_or_else(|| self.conv_hw(), |(_, _, oh, ow)| (oh, ow))
-    }
-
     /// Output channel `blocks` (of [`QOCB`]) of one packed image into `out`,
     /// their channel planes.
     fn run_blocks(&self, input: &[i16], blocks: std::ops::Range<usize>, out: &mut [i16]) {
         let c = &*self.conv;
-        let padded = self.padded_hw();
-        let (ch, cw) = self.conv_hw();
+        let padded = self.geo.padded_hw();
+        let (ch, cw) = self.geo.conv_hw();
         let first = blocks.start * QOCB;
-        match self.pool {
+        match self.geo.pool {
             None => {
                 let plane = ch * cw;
                 for y in 0..ch {
@@ -229,9 +208,9 @@ impl QConv {
         let c = &self.conv;
         let mut s = format!(
             "int8 {}x{} conv {}->{} channels, pad {:?}",
-            c.kh, c.kw, c.ic, c.oc, self.pad
+            c.kh, c.kw, c.ic, c.oc, self.geo.pad
         );
-        if let Some((wh, ww, _, _)) = self.pool {
+        if let Some((wh, ww, _, _)) = self.geo.pool {
             s += &format!(", {wh}x{ww} max pool");
         }
         s
@@ -240,7 +219,7 @@ impl QConv {
     /// The op on a batch `[n, ic, h, w]` of codes.
     fn run(&self, input: &Tensor) -> TractResult<Tensor> {
         let c = &*self.conv;
-        let (h, w) = self.input_hw;
+        let (h, w) = self.geo.input_hw;
         ensure!(
             input.datum_type() == self.input.act.datum_type()
                 && input.rank() == 4
@@ -252,7 +231,7 @@ impl QConv {
             input.shape()
         );
         let n = input.shape()[0];
-        let (oh, ow) = self.output_hw();
+        let (oh, ow) = self.geo.output_hw();
         let plane = oh * ow;
         let centred = self.input.act.centred(input, self.input.zero_point)?;
         let mut out = vec![0i16; n * c.oc * plane];
@@ -266,7 +245,7 @@ impl QConv {
             .chunks_exact(c.ic * h * w)
             .zip(out.chunks_mut(c.oc * plane))
         {
-            let packed = c.pack_input(image, (h, w), self.pad);
+            let packed = c.pack_input(image, (h, w), self.geo.pad);
             let job = |(p, chunk): (usize, &mut [i16])| {
                 let blocks = p * per_part..((p + 1) * per_part).min(c.blocks());
                 self.run_blocks(&packed, blocks, chunk)
@@ -301,7 +280,7 @@ fused_op!(QConv, "FennecQConv");
 
 impl TypedOp for QConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (oh, ow) = self.output_hw();
+        let (oh, ow) = self.geo.output_hw();
         let n = inputs[0].shape[0].clone();
         Ok(tvec!(self.output.datum_type().fact([
             n,
@@ -313,7 +292,7 @@ impl TypedOp for QConv {
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let c = &*self.conv;
-        let (ch, cw) = self.conv_hw();
+        let (ch, cw) = self.geo.conv_hw();
         let per_image = c.oc * ch * cw * c.ic * c.kh * c.kw;
         Ok(tvec!((
             Cost::FMA(i32::datum_type()),

@@ -11,17 +11,14 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use tract_nnef::tract_core::internal::*;
-use tract_nnef::tract_core::ops::binary::TypedBinOp;
 use tract_nnef::tract_core::ops::einsum::EinSum;
-use tract_nnef::tract_core::ops::math::Add;
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::portable;
 use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
-use crate::kernels::rewrite::{
-    Fusion, fused_op, inference_pool, is_relu, other_input, sole_successor,
-};
+use crate::kernels::dense::bias_of;
+use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
 use crate::kernels::simd::{Isa, isa};
 
 /// Weight rows computed together: each load of the input serves this many rows.
@@ -111,7 +108,8 @@ pub(in crate::kernels) fn plan_fusion(
     let mut nodes = vec![id, node.id];
     let mut bias = None;
     if let Some(next) = sole_successor(model, node.id)?
-        && let Some(b) = bias_of(model, next, OutletId::new(node.id, 0), units, n_o)?
+        && n_o + 1 == model.outlet_fact(OutletId::new(node.id, 0))?.rank()
+        && let Some(b) = bias_of(model, next, OutletId::new(node.id, 0), units)?
     {
         bias = Some(b);
         nodes.push(next.id);
@@ -155,35 +153,6 @@ pub(in crate::kernels) fn plan_fusion(
         output_shape: out_shape,
     };
     Ok(Some(Fusion { op, nodes }))
-}
-
-/// The bias when `node` adds to `x` a constant with one value per unit along
-/// output axis `n_o`, the last axis.
-fn bias_of(
-    model: &TypedModel,
-    node: &TypedNode,
-    x: OutletId,
-    units: usize,
-    n_o: usize,
-) -> TractResult<Option<Vec<f32>>> {
-    let (Some(bin), Some(other)) = (node.op_as::<TypedBinOp>(), other_input(node, x)) else {
-        return Ok(None);
-    };
-    let x_fact = model.outlet_fact(x)?;
-    let Some(b) = model.outlet_fact(other)?.konst.clone() else {
-        return Ok(None);
-    };
-    if !bin.0.is::<Add>()
-        || node.outputs[0].fact.shape != x_fact.shape
-        || b.datum_type() != f32::datum_type()
-        || b.len() != units
-        || b.rank() > x_fact.rank()
-        || n_o + 1 != x_fact.rank()
-        || b.shape().last() != Some(&units)
-    {
-        return Ok(None);
-    }
-    Ok(Some(b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))
 }
 
 /// What a [`QDense`] makes of its i32 sums.
