@@ -105,6 +105,22 @@ fn argmax(row: &[f32]) -> usize {
         .unwrap()
 }
 
+/// Images on which fennec's top class is onnxruntime's, or tied with it in
+/// onnxruntime's quantized output (`theirs`: rows of `k` probabilities).
+fn same_top(ours: &[Vec<f32>], theirs: &[f32], k: usize) -> usize {
+    ours.iter()
+        .zip(theirs.chunks_exact(k))
+        .filter(|(a, b)| b[argmax(a)] == b[argmax(b)])
+        .count()
+}
+
+/// Images on which `rows` have the float model's top class.
+fn same_top_as_float<'a>(rows: impl Iterator<Item = &'a [f32]>, float: &[Vec<f32>]) -> usize {
+    rows.zip(float)
+        .filter(|(r, f)| argmax(r) == argmax(f))
+        .count()
+}
+
 /// fennec's probabilities on `file` vs onnxruntime's reference evaluation
 /// (`<file>.ort.bin`: graph optimisations off, the ONNX operators one by one): the
 /// same top class on every image (or one tied with it in onnxruntime's quantized
@@ -160,13 +176,8 @@ fn same_answers(file: &Path, input: &[f32], n: usize, exact: bool, float: &[Vec<
     } else {
         // Where the two integer implementations part, fennec must be no further from
         // the float model than onnxruntime is.
-        let float_top = |rows: &mut dyn Iterator<Item = &[f32]>| {
-            rows.zip(float)
-                .filter(|(r, f)| argmax(r) == argmax(f))
-                .count()
-        };
-        let ours_float = float_top(&mut ours.iter().map(|r| r.as_slice()));
-        let theirs_float = float_top(&mut theirs.chunks_exact(k));
+        let ours_float = same_top_as_float(ours.iter().map(|r| r.as_slice()), float);
+        let theirs_float = same_top_as_float(theirs.chunks_exact(k), float);
         assert!(
             ours_float >= theirs_float,
             "{}: same top class as the float model on {ours_float} of {n} images, onnxruntime {theirs_float}",
@@ -177,21 +188,13 @@ fn same_answers(file: &Path, input: &[f32], n: usize, exact: bool, float: &[Vec<
             file.display()
         );
     }
-    let reference_agree = ours
-        .iter()
-        .zip(theirs.chunks_exact(k))
-        .filter(|(a, b)| b[argmax(a)] == b[argmax(b)])
-        .count();
+    let reference_agree = same_top(&ours, &theirs, k);
     assert!(
         reference_agree as f32 >= FUSED_AGREEMENT * n as f32,
         "{}: same top class as onnxruntime on {reference_agree} of {n} images",
         file.display()
     );
-    let agree = ours
-        .iter()
-        .zip(fused.chunks_exact(k))
-        .filter(|(a, b)| b[argmax(a)] == b[argmax(b)])
-        .count();
+    let agree = same_top(&ours, &fused, k);
     assert!(
         agree as f32 >= FUSED_AGREEMENT * n as f32,
         "{}: same top class as onnxruntime's fused kernels on {agree} of {n} images",
