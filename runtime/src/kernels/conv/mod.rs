@@ -207,6 +207,18 @@ impl Geometry {
         self.pool
             .map_or_else(|| self.conv_hw(), |(_, _, oh, ow)| (oh, ow))
     }
+
+    /// The op's NCHW output shape for a batch of `n` and `oc` output channels.
+    pub fn output_shape(&self, n: &TDim, oc: usize) -> [TDim; 4] {
+        let (oh, ow) = self.output_hw();
+        [n.clone(), oc.into(), oh.into(), ow.into()]
+    }
+
+    /// Multiply-adds per image with `ic` input and `oc` output channels.
+    pub fn macs_per_image(&self, ic: usize, oc: usize) -> usize {
+        let (ch, cw) = self.conv_hw();
+        oc * ch * cw * ic * self.kernel_hw.0 * self.kernel_hw.1
+    }
 }
 
 impl PartialEq for FusedConv {
@@ -362,20 +374,12 @@ fused_op!(FusedConv, "FennecConv");
 
 impl TypedOp for FusedConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (oh, ow) = self.geo.output_hw();
-        let n = inputs[0].shape[0].clone();
-        Ok(tvec!(f32::fact([
-            n,
-            self.conv.oc.into(),
-            oh.into(),
-            ow.into()
-        ])))
+        let shape = self.geo.output_shape(&inputs[0].shape[0], self.conv.oc);
+        Ok(tvec!(f32::fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let c = &*self.conv;
-        let (ch, cw) = self.geo.conv_hw();
-        let per_image = c.oc * ch * cw * c.ic * c.kh * c.kw;
+        let per_image = self.geo.macs_per_image(self.conv.ic, self.conv.oc);
         Ok(tvec!((
             Cost::FMA(f32::datum_type()),
             inputs[0].shape[0].clone() * per_image

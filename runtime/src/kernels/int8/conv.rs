@@ -280,20 +280,12 @@ fused_op!(QConv, "FennecQConv");
 
 impl TypedOp for QConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (oh, ow) = self.geo.output_hw();
-        let n = inputs[0].shape[0].clone();
-        Ok(tvec!(self.output.datum_type().fact([
-            n,
-            self.conv.oc.into(),
-            oh.into(),
-            ow.into()
-        ])))
+        let shape = self.geo.output_shape(&inputs[0].shape[0], self.conv.oc);
+        Ok(tvec!(self.output.datum_type().fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let c = &*self.conv;
-        let (ch, cw) = self.geo.conv_hw();
-        let per_image = c.oc * ch * cw * c.ic * c.kh * c.kw;
+        let per_image = self.geo.macs_per_image(self.conv.ic, self.conv.oc);
         Ok(tvec!((
             Cost::FMA(i32::datum_type()),
             inputs[0].shape[0].clone() * per_image

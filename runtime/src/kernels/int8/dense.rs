@@ -17,8 +17,8 @@ use tract_nnef::tract_core::ops::einsum::EinSum;
 use super::avx2;
 use super::portable;
 use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
-use crate::kernels::dense::bias_of;
-use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
+use crate::kernels::dense::bias_and_relu;
+use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, sole_successor};
 use crate::kernels::simd::{Isa, isa};
 
 /// Weight rows computed together: each load of the input serves this many rows.
@@ -106,22 +106,9 @@ pub(in crate::kernels) fn plan_fusion(
     };
 
     let mut nodes = vec![id, node.id];
-    let mut bias = None;
-    if let Some(next) = sole_successor(model, node.id)?
-        && n_o + 1 == model.outlet_fact(OutletId::new(node.id, 0))?.rank()
-        && let Some(b) = bias_of(model, next, OutletId::new(node.id, 0), units)?
-    {
-        bias = Some(b);
-        nodes.push(next.id);
-    }
-    let mut relu = false;
-    let last = *nodes.last().unwrap();
-    if let Some(next) = sole_successor(model, last)?
-        && is_relu(model, next, OutletId::new(last, 0))?
-    {
-        relu = true;
-        nodes.push(next.id);
-    }
+    // A bias only when the units are the product's last axis.
+    let units_last = n_o + 1 == model.outlet_fact(OutletId::new(node.id, 0))?.rank();
+    let (bias, relu) = bias_and_relu(model, &mut nodes, units, units_last)?;
     // Codes out when a QuantizeLinear follows, else floats (a last layer that
     // feeds a Softmax unquantized, as `fennec quantize` writes it).
     let last = *nodes.last().unwrap();
