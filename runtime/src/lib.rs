@@ -21,6 +21,7 @@
 //! - [`watch`]: `fennec watch`, scoring the new images of a folder exactly once.
 //! - [`onnx_writer`]: writing ONNX files (used by the trainer's exporter and test
 //!   fixtures; feature `onnx`, on by default).
+//! - [`quantize`]: int8 post-training quantization of an ONNX classifier (QDQ).
 //!
 //! Errors ([`error`]) are typed (thiserror) and name the file; the `fennec` binary
 //! (feature `cli`) adds clap and anyhow, which the library does not use.
@@ -38,6 +39,8 @@ pub mod onnx_writer;
 pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
+#[cfg(feature = "onnx")]
+pub mod quantize;
 pub mod scores;
 #[cfg(feature = "serve")]
 pub mod serve;

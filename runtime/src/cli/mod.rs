@@ -3,12 +3,15 @@
 //! JSON with `--json`.
 
 mod bench;
+mod compare;
 #[cfg(feature = "onnx")]
 mod convert;
 mod eval;
 mod info;
 mod model;
 mod predict;
+#[cfg(feature = "onnx")]
+mod quantize;
 #[cfg(feature = "serve")]
 mod serve;
 mod table;
@@ -54,6 +57,13 @@ pub enum Cli {
     Serve(serve::ServeArgs),
     /// Score each new image of a folder once, as it arrives, into a JSON-lines file.
     Watch(watch::WatchArgs),
+    /// Write an int8 copy of a float ONNX classifier (QDQ format: int8 weights per
+    /// channel, uint8 activations calibrated on labelled images of DIR).
+    #[cfg(feature = "onnx")]
+    Quantize(quantize::QuantizeArgs),
+    /// Score one labelled folder with two models (e.g. float and int8): agreement,
+    /// accuracy per class of both, the images whose answer changed.
+    Compare(compare::CompareArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -67,6 +77,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         #[cfg(feature = "serve")]
         Cli::Serve(a) => serve::run(a),
         Cli::Watch(a) => watch::run(a),
+        #[cfg(feature = "onnx")]
+        Cli::Quantize(a) => quantize::run(a),
+        Cli::Compare(a) => compare::run(a),
     }
 }
 
