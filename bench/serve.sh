@@ -24,6 +24,7 @@
 #   SECS          seconds of load per measure          [10]
 #   REPS          repetitions of compare (order flips)  [1]
 #   SOAK_SECONDS / SOAK_WARMUP / SOAK_CLIENTS          [600 / 60 / 8]
+#   SERVE_ARGS    extra flags of `fennec serve` in compare (e.g. "--max-batch 4")  [""]
 #   NO_BUILD=1    use the built binaries as they are
 #   WORK          scratch folder                       [a new /tmp/fennec-bench-serve.*]
 #
@@ -83,9 +84,15 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# start TOOL MODEL: starts the server in the background, waits for /healthz.
+# start TOOL MODEL: starts the server in the background (SERVER_PID), waits for /healthz,
+# sets PORT. Not run in a subshell: SERVER_PID must reach stop_server and rss_kb.
+PORT=
 start() {
     local tool=$1 model=$2 port
+    for port in $PORT_FENNEC $PORT_PEER; do
+        ! curl -sf "http://127.0.0.1:$port/healthz" > /dev/null \
+            || die "something already answers on port $port (a server left from an earlier run?)"
+    done
     if [[ $tool == fennec ]]; then
         port=$PORT_FENNEC
         "$BIN" serve "$model" --bind "127.0.0.1:$port" "${FENNEC_ARGS[@]}" > "$WORK/server.log" 2>&1 &
@@ -95,7 +102,7 @@ start() {
     fi
     SERVER_PID=$!
     for _ in $(seq 600); do
-        if curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; then echo "$port"; return; fi
+        if curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; then PORT=$port; return; fi
         kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; die "$tool server died"; }
         sleep 0.1
     done
@@ -105,7 +112,7 @@ rss_kb() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
-FENNEC_ARGS=()
+read -r -a FENNEC_ARGS <<< "${SERVE_ARGS:-}"
 
 if [[ " $PARTS " == *" compare "* ]]; then
     for name in $MODELS; do
@@ -118,7 +125,8 @@ if [[ " $PARTS " == *" compare "* ]]; then
             if (( rep % 2 )); then order="fennec peer"; else order="peer fennec"; fi
             for tool in $order; do
                 say "$name $tool (rep $rep)"
-                port=$(start "$tool" "$model")
+                start "$tool" "$model"
+                port=$PORT
                 # Warm-up: plans, caches, lazy imports.
                 "$LOADGEN" --addr "127.0.0.1:$port" --images "$images" --concurrency 2 --seconds 2 > /dev/null
                 for c in $CONC; do
@@ -166,7 +174,8 @@ if [[ " $PARTS " == *" soak "* ]]; then
     "$BIN" predict "$model" "$images" --json > "$expect"
     FENNEC_ARGS=(--read-timeout 2 --max-body 1)
     say "soak: $SOAK_SECONDS s, $SOAK_CLIENTS clients, 5 % bad requests"
-    port=$(start fennec "$model")
+    start fennec "$model"
+    port=$PORT
     pid=$SERVER_PID
     (
         t=0
