@@ -437,7 +437,7 @@ mod tests {
         )
         .unwrap();
         let later = SystemTime::now() + Duration::from_secs(3600);
-        let mut poll = |w: &mut Watcher| {
+        let poll = |w: &mut Watcher| {
             let mut round = Round::default();
             let (ready, present) = w.scan(later, false, &mut round).unwrap();
             w.previous = present;
