@@ -81,6 +81,9 @@ impl Drop for Server {
     }
 }
 
+/// A bad request and its expected answer: (what, headers, body, status, kind).
+type BadCase<'a> = (&'a str, &'a [&'a str], Vec<u8>, u16, &'a str);
+
 fn png_bytes(color: [u8; 3], dir: &Path, name: &str) -> Vec<u8> {
     let path = dir.join(name);
     save(&color_image(12, 9, color, 3), &path);
@@ -218,7 +221,8 @@ fn bad_images_get_4xx_json_and_the_server_keeps_serving() {
 
     // The runtime's bad-image corpus (as in runtime_cli's eval test), and more.
     let png = &["Content-Type: image/png"][..];
-    let cases: Vec<(&str, &[&str], Vec<u8>, u16, &str)> = vec![
+    // (what, headers, body, status, kind)
+    let cases: Vec<BadCase> = vec![
         ("empty", png, vec![], 422, "empty"),
         (
             "text",

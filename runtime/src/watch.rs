@@ -75,6 +75,9 @@ struct State {
     done: BTreeMap<String, Seen>,
 }
 
+/// A listing: the files ready to score (name, as seen), and every candidate present.
+type Scan = (Vec<(String, Seen)>, HashMap<String, Seen>);
+
 /// What one poll did.
 #[derive(Debug, Default)]
 pub struct Round {
@@ -169,12 +172,7 @@ impl Watcher {
 
     /// Lists the folder: the files ready to score, and every candidate present
     /// (to compare at the next poll). Moves files done before a crash.
-    fn scan(
-        &mut self,
-        now: SystemTime,
-        all: bool,
-        round: &mut Round,
-    ) -> Result<(Vec<(String, Seen)>, HashMap<String, Seen>)> {
+    fn scan(&mut self, now: SystemTime, all: bool, round: &mut Round) -> Result<Scan> {
         let mut ready: Vec<(String, Seen)> = vec![];
         let mut present: HashMap<String, Seen> = HashMap::new();
         for entry in fs_err::read_dir(&self.dir)? {

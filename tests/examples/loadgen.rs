@@ -76,8 +76,11 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
+/// An image's bytes and its expected label (with `--expect`).
+type Image = (Vec<u8>, Option<String>);
+
 /// Up to 256 images of the folder (recursive), with their expected labels.
-fn load_images(a: &Args) -> Result<Vec<(Vec<u8>, Option<String>)>, String> {
+fn load_images(a: &Args) -> Result<Vec<Image>, String> {
     let mut expected: HashMap<String, String> = HashMap::new();
     if let Some(p) = &a.expect {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -179,7 +182,7 @@ fn bad_request(a: &Args, n: u64, image: &[u8]) -> bool {
 fn client(
     a: &Args,
     id: usize,
-    images: &[(Vec<u8>, Option<String>)],
+    images: &[Image],
     counts: &Counts,
     end: Instant,
     issued: &AtomicU64,
