@@ -10,7 +10,7 @@ use clap::Args;
 use fennec_runtime::atomic::write_atomic;
 use fennec_runtime::folder::{Skipped, scan_class_folders};
 use fennec_runtime::metrics::{Evaluation, Summary};
-use fennec_runtime::pipeline::classify_files;
+use fennec_runtime::pipeline::{PipelineTimes, classify_files};
 use fennec_runtime::{Classifier, Source};
 use serde::Serialize;
 
@@ -43,6 +43,11 @@ pub struct EvalArgs {
     #[arg(long, value_name = "PATH")]
     misclassified: Option<PathBuf>,
 
+    /// Also print where the wall time went: decoding, resizing, inference, and
+    /// each side waiting for the other (which one is the bottleneck).
+    #[arg(long)]
+    profile: bool,
+
     #[command(flatten)]
     run: RunArgs,
 }
@@ -59,6 +64,9 @@ struct Report<'a> {
     images_per_second: f64,
     #[serde(flatten)]
     summary: &'a Summary,
+    /// With `--profile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<PipelineTimes>,
 }
 
 struct Miss {
@@ -86,7 +94,8 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
 
     let bar = args.run.progress(files.len() as u64, "eval");
     let start = Instant::now();
-    classify_files(&classifier, &files, &args.run.pipeline(), |ix, outcome| {
+    let pipeline = args.run.pipeline();
+    let times = classify_files(&classifier, &files, &pipeline, |ix, outcome| {
         bar.inc(1);
         let truth = to_label[folders.files[ix].1];
         match outcome {
@@ -128,6 +137,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         seconds,
         images_per_second: summary.images as f64 / seconds.max(1e-9),
         summary: &summary,
+        profile: args.profile.then_some(times),
     };
 
     let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
@@ -151,6 +161,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         writeln!(out)?;
     } else {
         write_tables(&mut out, &report)?;
+        if let Some(times) = &report.profile {
+            write_profile(&mut out, times)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -188,6 +201,34 @@ fn map_classes(dir: &Path, folders: &[String], c: &Classifier) -> Result<Vec<usi
         c.labels.join(", "),
         unknown.join(", ")
     )
+}
+
+/// `--profile`: the pipeline's time, and what each side of it waited for.
+fn write_profile(out: &mut dyn Write, t: &PipelineTimes) -> std::io::Result<()> {
+    let threads = fennec_runtime::classifier::inference_threads();
+    writeln!(
+        out,
+        "\nwhere the {:.2} s went ({} decode threads, {threads} inference threads):",
+        t.wall_s, t.decode_threads
+    )?;
+    let share = |s: f64| format!("{:.0} %", 100.0 * s / t.wall_s.max(1e-9));
+    let mut table = Table::new(["stage", "seconds", "of wall time"]);
+    for (stage, s) in [
+        ("decode (thread-seconds)", t.decode_s),
+        ("resize + normalise (thread-seconds)", t.resize_s),
+        ("inference", t.infer_s),
+        ("inference waiting for images", t.infer_waiting_s),
+        ("decoders waiting for inference", t.decode_waiting_s),
+    ] {
+        table.row([stage.to_string(), format!("{s:.2}"), share(s)]);
+    }
+    table.write(out)?;
+    let bottleneck = if t.infer_waiting_s > t.decode_waiting_s {
+        "decoding: add decode threads or give inference fewer"
+    } else {
+        "inference: decoding keeps up"
+    };
+    writeln!(out, "bottleneck: {bottleneck}")
 }
 
 fn write_tables(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
