@@ -89,8 +89,13 @@ pub fn classify_files(
     mut on_result: impl FnMut(usize, Scored),
 ) -> Result<PipelineTimes> {
     let start = Instant::now();
-    let [decode_ns, resize_ns, infer_ns, infer_wait_ns, decode_wait_ns] =
-        std::array::from_fn(|_| AtomicU64::new(0));
+    let [
+        decode_ns,
+        resize_ns,
+        infer_ns,
+        infer_wait_ns,
+        decode_wait_ns,
+    ] = std::array::from_fn(|_| AtomicU64::new(0));
     let batch = classifier.fixed_batch().unwrap_or(options.batch.max(1));
     let chunk = batch.max(16);
     let pool = rayon::ThreadPoolBuilder::new()

@@ -320,7 +320,10 @@ impl TypedOp for FusedDense {
         // the node's GB/s from this.
         Ok(tvec!(
             (Cost::FMA(f32::datum_type()), (self.k * self.units).into()),
-            (Cost::Params(f32::datum_type()), (self.k * self.units).into())
+            (
+                Cost::Params(f32::datum_type()),
+                (self.k * self.units).into()
+            )
         ))
     }
 
@@ -409,7 +412,12 @@ mod tests {
         assert_eq!(packed.len(), 2 * PANEL);
         assert_eq!(packed[..3], [1.0, 3.0, 5.0]);
         assert_eq!(packed[PANEL..PANEL + 3], [2.0, 4.0, 6.0]);
-        assert!(packed[3..PANEL].iter().chain(&packed[PANEL + 3..]).all(|&w| w == 0.0));
+        assert!(
+            packed[3..PANEL]
+                .iter()
+                .chain(&packed[PANEL + 3..])
+                .all(|&w| w == 0.0)
+        );
     }
 
     #[test]
@@ -425,7 +433,10 @@ mod tests {
             let w = pack(&rows, PANEL, k);
             for got in [panel_dot::portable(&w, &x), panel_dot(&w, &x)] {
                 for (l, (g, want)) in got.iter().zip(&want).enumerate() {
-                    assert!((*g as f64 - want).abs() < 1e-4, "k {k} unit {l}: {g} vs {want}");
+                    assert!(
+                        (*g as f64 - want).abs() < 1e-4,
+                        "k {k} unit {l}: {g} vs {want}"
+                    );
                 }
             }
         }

@@ -117,7 +117,13 @@ impl Winograd {
     pub fn split(&self, image: &[f32], g: Geometry) -> SplitImage {
         assert_eq!(image.len(), self.ic * g.ih * g.iw, "input length");
         let (th, tw) = g.tiles();
-        SplitImage::new(image, self.ic, g, th, tw.next_multiple_of(self.tile_width()))
+        SplitImage::new(
+            image,
+            self.ic,
+            g,
+            th,
+            tw.next_multiple_of(self.tile_width()),
+        )
     }
 
     /// Output channel blocks `blocks` of one image (from [`Winograd::split`]) into
@@ -135,7 +141,10 @@ impl Winograd {
         let first = blocks.start * OCB;
         let channels = first..(blocks.end * OCB).min(self.oc);
         let (plane_h, plane_w) = pool.unwrap_or((g.oh, g.ow));
-        assert!(out.len() >= channels.len() * plane_h * plane_w, "output too short");
+        assert!(
+            out.len() >= channels.len() * plane_h * plane_w,
+            "output too short"
+        );
         let mut v = vec![0.0f32; 16 * self.ic * twp];
         let mut m = vec![0.0f32; 16 * blocks.len() * OCB * twp];
         let mut y = vec![0.0f32; 4 * twp];
@@ -270,7 +279,7 @@ simd_fn! {
             [&even[..twp], &odd[..twp], &even[1..twp + 1], &odd[1..twp + 1]]
         });
         let mut outs = v.chunks_mut(p_stride).map(|c| &mut c[..twp]);
-        let mut o: [&mut [f32]; 16] = std::array::from_fn(|_| outs.next().unwrap());
+        let o: [&mut [f32]; 16] = std::array::from_fn(|_| outs.next().unwrap());
         for x in 0..twp {
             let t: [[f32; 4]; 4] = std::array::from_fn(|r| {
                 let d = [d[r][0][x], d[r][1][x], d[r][2][x], d[r][3][x]];
@@ -355,7 +364,14 @@ simd_fn! {
 
 /// The product kernel in plain Rust (NEON on aarch64, the baseline elsewhere):
 /// `OCB` channels x 16 tiles.
-fn product_portable(u: &[f32], v: &[f32], v_stride: usize, ic: usize, m: &mut [f32], m_stride: usize) {
+fn product_portable(
+    u: &[f32],
+    v: &[f32],
+    v_stride: usize,
+    ic: usize,
+    m: &mut [f32],
+    m_stride: usize,
+) {
     const W: usize = 16;
     let mut acc = [[0.0f32; W]; OCB];
     for i in 0..ic {
@@ -392,7 +408,12 @@ mod x86 {
         for i in 0..ic {
             let vs = &v[i * v_stride..][..16];
             // SAFETY: `vs` holds the 16 values the two unaligned loads read.
-            let x = unsafe { [_mm256_loadu_ps(vs.as_ptr()), _mm256_loadu_ps(vs.as_ptr().add(8))] };
+            let x = unsafe {
+                [
+                    _mm256_loadu_ps(vs.as_ptr()),
+                    _mm256_loadu_ps(vs.as_ptr().add(8)),
+                ]
+            };
             for (row, &w) in acc.iter_mut().zip(&u[i * OCB..][..OCB]) {
                 let w = _mm256_set1_ps(w);
                 for (a, &x) in row.iter_mut().zip(&x) {
@@ -424,7 +445,12 @@ mod x86 {
         for i in 0..ic {
             let vs = &v[i * v_stride..][..32];
             // SAFETY: `vs` holds the 32 values the two unaligned loads read.
-            let x = unsafe { [_mm512_loadu_ps(vs.as_ptr()), _mm512_loadu_ps(vs.as_ptr().add(16))] };
+            let x = unsafe {
+                [
+                    _mm512_loadu_ps(vs.as_ptr()),
+                    _mm512_loadu_ps(vs.as_ptr().add(16)),
+                ]
+            };
             for (row, &w) in acc.iter_mut().zip(&u[i * OCB..][..OCB]) {
                 let w = _mm512_set1_ps(w);
                 for (a, &x) in row.iter_mut().zip(&x) {
@@ -542,7 +568,11 @@ mod tests {
                 let mid = blocks / 2;
                 for (pool, want, plane) in [
                     (None, &want, oh * ow),
-                    (Some((oh.div_ceil(2), ow.div_ceil(2))), &want_pooled, want_pooled.len() / oc),
+                    (
+                        Some((oh.div_ceil(2), ow.div_ceil(2))),
+                        &want_pooled,
+                        want_pooled.len() / oc,
+                    ),
                 ] {
                     let mut got = vec![f32::NAN; oc * plane];
                     let (a, b) = got.split_at_mut((mid * OCB).min(oc) * plane);
