@@ -2,6 +2,7 @@
 //! output tile and input/output channel pair instead of 36, 2.25x fewer than the
 //! direct kernels, for layers with enough input channels to pay for the
 //! transforms (model_3's second convolution: 32 -> 32 channels on 111x111).
+//! Opt-in (`FENNEC_CONV=winograd`) until it beats the direct kernels: see `mod.rs`.
 //!
 //! Per image and tile row (two output rows):
 //!
