@@ -50,6 +50,7 @@ fn portable(iters: usize) -> usize {
     let (a, b) = std::hint::black_box(([0.999f32; 4], [1e-3f32; 4]));
     for _ in 0..iters {
         for v in &mut acc {
+            #[allow(clippy::needless_range_loop)] // indexes several slices at once
             for l in 0..4 {
                 #[cfg(target_arch = "aarch64")]
                 {

@@ -281,6 +281,7 @@ simd_fn! {
         });
         let mut outs = v.chunks_mut(p_stride).map(|c| &mut c[..twp]);
         let o: [&mut [f32]; 16] = std::array::from_fn(|_| outs.next().unwrap());
+        #[allow(clippy::needless_range_loop)] // indexes several slices at once
         for x in 0..twp {
             let t: [[f32; 4]; 4] = std::array::from_fn(|r| {
                 let d = [d[r][0][x], d[r][1][x], d[r][2][x], d[r][3][x]];
@@ -306,6 +307,7 @@ simd_fn! {
         let (top, bottom) = y[..4 * twp].split_at_mut(2 * twp);
         let (y00, y01) = top.split_at_mut(twp);
         let (y10, y11) = bottom.split_at_mut(twp);
+        #[allow(clippy::needless_range_loop)] // indexes several slices at once
         for x in 0..twp {
             let s: [[f32; 2]; 4] = std::array::from_fn(|r| {
                 let (a, b, c, d) = (m[r * 4][x], m[r * 4 + 1][x], m[r * 4 + 2][x], m[r * 4 + 3][x]);
@@ -353,10 +355,12 @@ simd_fn! {
         let both_rows = 2 * ty + 1 < g.oh;
         // Every tile but maybe the last has both its columns inside.
         let whole = if 2 * pw <= g.ow { pw } else { pw - 1 };
+        #[allow(clippy::needless_range_loop)] // indexes several slices at once
         for x in 0..whole {
             let top = y00[x].max(y01[x]);
             line[x] = if both_rows { top.max(y10[x].max(y11[x])) } else { top };
         }
+        #[allow(clippy::needless_range_loop)] // indexes several slices at once
         for x in whole..pw {
             line[x] = if both_rows { y00[x].max(y10[x]) } else { y00[x] };
         }
