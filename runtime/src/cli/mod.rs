@@ -7,8 +7,10 @@ mod bench;
 mod convert;
 mod eval;
 mod info;
+mod merge;
 mod model;
 mod predict;
+mod scale_out;
 mod table;
 
 use std::process::ExitCode;
@@ -42,6 +44,9 @@ pub enum Cli {
     Eval(eval::EvalArgs),
     /// Measure load time, latency percentiles and throughput on random inputs.
     Bench(bench::BenchArgs),
+    /// Add up the partial reports of `eval --shard i/n --part PATH` into the report
+    /// of the whole folder, exactly as one `eval` would print it.
+    Merge(merge::MergeArgs),
     /// Write an ONNX classifier as a tract NNEF archive (.nnef.tgz) for the lite
     /// build, with its labels and preprocessing.
     #[cfg(feature = "onnx")]
@@ -54,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cli::Predict(a) => predict::run(a),
         Cli::Eval(a) => eval::run(a),
         Cli::Bench(a) => bench::run(a),
+        Cli::Merge(a) => merge::run(a),
         #[cfg(feature = "onnx")]
         Cli::Convert(a) => convert::run(a),
     }
