@@ -21,7 +21,10 @@ fn labelled_folder(dir: &Path, n: u32) -> (PathBuf, PathBuf) {
             image::Rgb(if x < 5 + i % 3 { GREEN } else { RED })
         });
         save(&img, &data.join(format!("blue/mixed{i}.png")));
-        save(&color_image(8, 8, RED, i), &data.join(format!("green/red{i}.png")));
+        save(
+            &color_image(8, 8, RED, i),
+            &data.join(format!("green/red{i}.png")),
+        );
     }
     fs::write(data.join("red/empty.jpg"), b"").unwrap();
     fs::write(data.join("green/text.png"), b"not a png").unwrap();
@@ -62,7 +65,10 @@ fn merged_shards_print_the_single_run_report() {
         for i in 0..n {
             let part = parts_dir.join(format!("{i}.json"));
             let shard = format!("{i}/{n}");
-            let out = fennec!("eval", m, data, "--shard", shard, "--part", part, "--json", "-q").ok();
+            let out = fennec!(
+                "eval", m, data, "--shard", shard, "--part", part, "--json", "-q"
+            )
+            .ok();
             let v: Value = serde_json::from_str(&out).unwrap();
             scored += v["scored"].as_u64().unwrap();
             parts.push(part);
@@ -71,11 +77,26 @@ fn merged_shards_print_the_single_run_report() {
         let merged_csv = parts_dir.join("merged.csv");
         let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"merge"];
         args.extend(parts.iter().rev().map(|p| p as &dyn AsRef<std::ffi::OsStr>));
-        let json = run("fennec", &[&args[..], &[&"--json", &"--csv", &merged_csv]].concat()).ok();
-        assert_eq!(without_timing(&json), without_timing(&single_json), "{n} shards");
-        assert_eq!(fs::read(&merged_csv).unwrap(), fs::read(&single_csv).unwrap());
+        let json = run(
+            "fennec",
+            &[&args[..], &[&"--json", &"--csv", &merged_csv]].concat(),
+        )
+        .ok();
+        assert_eq!(
+            without_timing(&json),
+            without_timing(&single_json),
+            "{n} shards"
+        );
+        assert_eq!(
+            fs::read(&merged_csv).unwrap(),
+            fs::read(&single_csv).unwrap()
+        );
         let table = run("fennec", &args).ok();
-        assert_eq!(without_first_line(&table), without_first_line(&single_table), "{n} shards");
+        assert_eq!(
+            without_first_line(&table),
+            without_first_line(&single_table),
+            "{n} shards"
+        );
     }
 }
 
@@ -89,18 +110,32 @@ fn predict_shards_partition_the_files() {
             None => fennec!("predict", m, data, "--json", "-q").ok(),
         };
         out.lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["file"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["file"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     };
     let all = files(None);
-    let mut union: Vec<String> = ["0/3", "1/3", "2/3"].iter().flat_map(|s| files(Some(s))).collect();
+    let mut union: Vec<String> = ["0/3", "1/3", "2/3"]
+        .iter()
+        .flat_map(|s| files(Some(s)))
+        .collect();
     union.sort();
     let mut expected = all.clone();
     expected.sort();
     assert_eq!(union, expected, "every file in exactly one shard");
     // auto/3 from a Kubernetes indexed Job's variable.
     let auto = assert_cmd::Command::new(bin("fennec"))
-        .args(["predict".as_ref(), m.as_os_str(), data.as_os_str(), "--json".as_ref(), "-q".as_ref()])
+        .args([
+            "predict".as_ref(),
+            m.as_os_str(),
+            data.as_os_str(),
+            "--json".as_ref(),
+            "-q".as_ref(),
+        ])
         .args(["--shard", "auto/3"])
         .env("JOB_COMPLETION_INDEX", "1")
         .env_remove("SLURM_ARRAY_TASK_ID")
@@ -117,7 +152,16 @@ fn kill_after(args: &[&Path], predictions: &Path, lines: usize, extra: &[&str]) 
         .args(args)
         .arg("--predictions")
         .arg(predictions)
-        .args(["--resume", "-q", "--batch", "1", "--threads", "1", "--decode-threads", "1"])
+        .args([
+            "--resume",
+            "-q",
+            "--batch",
+            "1",
+            "--threads",
+            "1",
+            "--decode-threads",
+            "1",
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -153,10 +197,24 @@ fn killed_runs_resume_to_the_same_report() {
     assert!(interrupted > 0, "no kill landed before the end of the run");
     let text = fs::read_to_string(&p).unwrap();
     assert!(text.lines().count() <= files + 1);
-    let resumed = fennec!("eval", m, data, "--predictions", p, "--resume", "--json", "-q").ok();
+    let resumed = fennec!(
+        "eval",
+        m,
+        data,
+        "--predictions",
+        p,
+        "--resume",
+        "--json",
+        "-q"
+    )
+    .ok();
     assert_eq!(without_timing(&resumed), without_timing(&single));
     let text = fs::read_to_string(&p).unwrap();
-    assert_eq!(text.lines().count(), files + 1, "a header and one line per file");
+    assert_eq!(
+        text.lines().count(),
+        files + 1,
+        "a header and one line per file"
+    );
     for line in text.lines() {
         serde_json::from_str::<Value>(line).expect("no torn or mixed line");
     }
@@ -172,7 +230,20 @@ fn killed_runs_resume_to_the_same_report() {
             let p = d.path().join("shard1.jsonl");
             let extra = ["--shard", shard.as_str()];
             kill_after(&[&m, &data], &p, files / 6, &extra);
-            fennec!("eval", m, data, "--shard", shard, "--predictions", p, "--resume", "--part", part, "-q").ok();
+            fennec!(
+                "eval",
+                m,
+                data,
+                "--shard",
+                shard,
+                "--predictions",
+                p,
+                "--resume",
+                "--part",
+                part,
+                "-q"
+            )
+            .ok();
         } else {
             fennec!("eval", m, data, "--shard", shard, "--part", part, "-q").ok();
         }
@@ -192,7 +263,11 @@ fn bad_parts_are_one_line_errors_and_nothing_is_written() {
         fennec!("eval", model, data, "--shard", shard, "--part", path, "-q").ok();
         path
     };
-    let (a0, a1, a2) = (part(&m, "0/3", "a0.json"), part(&m, "1/3", "a1.json"), part(&m, "2/3", "a2.json"));
+    let (a0, a1, a2) = (
+        part(&m, "0/3", "a0.json"),
+        part(&m, "1/3", "a1.json"),
+        part(&m, "2/3", "a2.json"),
+    );
     let b1 = part(&other, "1/3", "b1.json");
     let c1 = part(&m, "1/2", "c1.json");
     let truncated = d.path().join("truncated.json");
@@ -200,14 +275,26 @@ fn bad_parts_are_one_line_errors_and_nothing_is_written() {
     fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let out_of_range = d.path().join("range.json");
     let text = fs::read_to_string(&a2).unwrap();
-    fs::write(&out_of_range, text.replace(r#""shard":{"index":2,"count":3}"#, r#""shard":{"index":5,"count":3}"#)).unwrap();
+    fs::write(
+        &out_of_range,
+        text.replace(
+            r#""shard":{"index":2,"count":3}"#,
+            r#""shard":{"index":5,"count":3}"#,
+        ),
+    )
+    .unwrap();
 
     let json = d.path().join("out.json");
     let report = d.path().join("report");
     let merge = |parts: &[&PathBuf], needles: &[&str]| {
         let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"merge"];
         args.extend(parts.iter().map(|p| p as &dyn AsRef<std::ffi::OsStr>));
-        args.extend([&"--json" as &dyn AsRef<std::ffi::OsStr>, &json, &"--report", &report]);
+        args.extend([
+            &"--json" as &dyn AsRef<std::ffi::OsStr>,
+            &json,
+            &"--report",
+            &report,
+        ]);
         run("fennec", &args).fails(1, needles);
         assert!(!json.exists() && !report.exists(), "nothing written");
     };
@@ -215,7 +302,10 @@ fn bad_parts_are_one_line_errors_and_nothing_is_written() {
     merge(&[&a0, &c1, &a2], &["c1.json", "shard count"]);
     merge(&[&a0, &a2], &["shard 1/3 missing"]);
     merge(&[&a0, &a1, &a1, &a2], &["a1.json", "given twice"]);
-    merge(&[&a0, &a1, &truncated], &["truncated.json", "not a complete"]);
+    merge(
+        &[&a0, &a1, &truncated],
+        &["truncated.json", "not a complete"],
+    );
     merge(&[&a0, &a1, &out_of_range], &["range.json", "out of range"]);
     merge(&[&d.path().join("nope.json")], &["nope.json"]);
     fennec!("eval", m, data, "--shard", "3/3").fails(2, &["3/3", "out of range"]);
@@ -233,32 +323,69 @@ fn report_renders_in_a_headless_browser() {
     for file in ["confusion.png", "per_class.png", "thumbs/0.png"] {
         assert!(report.join(file).is_file(), "{file}");
     }
-    assert!(html.contains("src=\"confusion.png\"") && html.contains("mixed"), "{html}");
-    assert!(!html.contains("<script") && !html.contains("http"), "self-contained");
+    assert!(
+        html.contains("src=\"confusion.png\"") && html.contains("mixed"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<script") && !html.contains("http"),
+        "self-contained"
+    );
     // The same report from shards.
     let parts: Vec<PathBuf> = (0..2)
         .map(|i| {
             let p = d.path().join(format!("p{i}.json"));
-            fennec!("eval", m, data, "--shard", format!("{i}/2"), "--part", p, "-q").ok();
+            fennec!(
+                "eval",
+                m,
+                data,
+                "--shard",
+                format!("{i}/2"),
+                "--part",
+                p,
+                "-q"
+            )
+            .ok();
             p
         })
         .collect();
     let merged = d.path().join("merged");
     fennec!("merge", parts[0], parts[1], "--report", merged, "-q").ok();
-    for file in ["index.html", "confusion.png", "per_class.png", "thumbs/0.png"] {
-        assert_eq!(fs::read(report.join(file)).unwrap(), fs::read(merged.join(file)).unwrap(), "{file}");
+    for file in [
+        "index.html",
+        "confusion.png",
+        "per_class.png",
+        "thumbs/0.png",
+    ] {
+        assert_eq!(
+            fs::read(report.join(file)).unwrap(),
+            fs::read(merged.join(file)).unwrap(),
+            "{file}"
+        );
     }
 
     let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
     }) else {
         println!("SKIP: no chromium to render the report (.ci/run installs Debian's chromium)");
         return;
     };
     let shot = d.path().join("shot.png");
     let out = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
-        .args(["--enable-logging=stderr", "--v=0", "--window-size=1200,1400"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args([
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1200,1400",
+        ])
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", report.join("index.html").display()))
         .output()
@@ -274,8 +401,14 @@ fn report_renders_in_a_headless_browser() {
     // show in the screenshot in the heat map's darkest colour.
     let img = image::open(&shot).unwrap().to_rgb8();
     let near = |p: &image::Rgb<u8>, c: [u8; 3]| p.0.iter().zip(c).all(|(a, b)| a.abs_diff(b) <= 8);
-    let hot = img.pixels().filter(|p| near(p, fennec_runtime::report::HOT)).count();
+    let hot = img
+        .pixels()
+        .filter(|p| near(p, fennec_runtime::report::HOT))
+        .count();
     let cell = fennec_runtime::report::cell_size(3) as usize;
-    assert!(hot >= cell * cell, "{hot} heat-map pixels in the screenshot");
+    assert!(
+        hot >= cell * cell,
+        "{hot} heat-map pixels in the screenshot"
+    );
     fs::copy(&shot, std::env::temp_dir().join("fennec-report-shot.png")).ok();
 }

@@ -277,7 +277,11 @@ impl EvalPart {
         if self.confusion.len() != n || self.confusion.iter().any(|r| r.len() != n) {
             return Err(format!("confusion matrix is not {n}x{n}"));
         }
-        if let Some(m) = self.mistakes.iter().find(|m| m.truth >= n || m.predicted >= n) {
+        if let Some(m) = self
+            .mistakes
+            .iter()
+            .find(|m| m.truth >= n || m.predicted >= n)
+        {
             return Err(format!("mistake {} names a class beyond {n}", m.file));
         }
         if self.scored() > self.files || self.files > self.listed {
@@ -385,11 +389,7 @@ pub fn merge(parts: Vec<(PathBuf, EvalPart)>) -> Result<EvalPart> {
         if let Some(other) = slot {
             return Err(Error::input(
                 path,
-                format!(
-                    "shard {} given twice (also {})",
-                    p.shard,
-                    other.display()
-                ),
+                format!("shard {} given twice (also {})", p.shard, other.display()),
             ));
         }
         *slot = Some(path);
@@ -415,12 +415,12 @@ pub fn merge(parts: Vec<(PathBuf, EvalPart)>) -> Result<EvalPart> {
     merged.seconds = 0.0;
     merged.skipped.clear();
     merged.mistakes.clear();
-    for (_, p) in parts {
+    for (_, p) in &parts {
         eval.absorb(&p.confusion, p.top_k_hits);
         merged.files += p.files;
         merged.seconds += p.seconds;
-        merged.skipped.extend(p.skipped);
-        merged.mistakes.extend(p.mistakes);
+        merged.skipped.extend_from_slice(&p.skipped);
+        merged.mistakes.extend_from_slice(&p.mistakes);
     }
     merged.confusion = eval.confusion.clone();
     merged.top_k_hits = eval.top_k_hits();

@@ -117,9 +117,8 @@ impl PredictionsFile {
                 return Ok((out, done));
             }
             Some(first) => {
-                let found: Header = serde_json::from_slice(first).map_err(|e| {
-                    bad(format!("line 1 is not a fennec predictions header ({e})"))
-                })?;
+                let found: Header = serde_json::from_slice(first)
+                    .map_err(|e| bad(format!("line 1 is not a fennec predictions header ({e})")))?;
                 if let Some(what) = header_mismatch(&found, header) {
                     return Err(bad(format!(
                         "was written with {what}; remove it or give another --predictions file"
@@ -224,11 +223,17 @@ mod tests {
         PredictionsFile::open(&path, &header(), false).unwrap();
         let mut other = header();
         other.model_sha256 = "def".into();
-        let e = PredictionsFile::open(&path, &other, true).err().unwrap().to_string();
+        let e = PredictionsFile::open(&path, &other, true)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("p.jsonl") && e.contains("another model"), "{e}");
         let mut other = header();
         other.shard = Shard::new(1, 2).unwrap();
-        let e = PredictionsFile::open(&path, &other, true).err().unwrap().to_string();
+        let e = PredictionsFile::open(&path, &other, true)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("shard 0/1"), "{e}");
     }
 
@@ -240,7 +245,10 @@ mod tests {
         let (_f, done) = PredictionsFile::open(&path, &header(), true).unwrap();
         assert!(done.is_empty());
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with(r#"{"format":"fennec-predictions""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"format":"fennec-predictions""#),
+            "{text}"
+        );
         assert_eq!(text.lines().count(), 1);
     }
 }

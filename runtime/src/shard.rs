@@ -146,14 +146,26 @@ mod tests {
     #[test]
     fn parses_index_and_auto() {
         let none = env(&[]);
-        assert_eq!(Shard::parse_with_env("2/4", &none), Ok(Shard::new(2, 4).unwrap()));
+        assert_eq!(
+            Shard::parse_with_env("2/4", &none),
+            Ok(Shard::new(2, 4).unwrap())
+        );
         assert_eq!(
             Shard::parse_with_env("4/4", &none),
             Err(ShardError::OutOfRange { index: 4, count: 4 })
         );
-        assert_eq!(Shard::parse_with_env("0/0", &none), Err(ShardError::ZeroCount));
-        assert!(matches!(Shard::parse_with_env("1-4", &none), Err(ShardError::Syntax(_))));
-        assert!(matches!(Shard::parse_with_env("-1/4", &none), Err(ShardError::Syntax(_))));
+        assert_eq!(
+            Shard::parse_with_env("0/0", &none),
+            Err(ShardError::ZeroCount)
+        );
+        assert!(matches!(
+            Shard::parse_with_env("1-4", &none),
+            Err(ShardError::Syntax(_))
+        ));
+        assert!(matches!(
+            Shard::parse_with_env("-1/4", &none),
+            Err(ShardError::Syntax(_))
+        ));
         assert_eq!(
             Shard::parse_with_env("auto/3", &none),
             Err(ShardError::NoIndexVariable { count: 3 })
@@ -167,7 +179,9 @@ mod tests {
             Err(ShardError::OutOfRange { index: 2, count: 2 })
         );
         let bad = env(&[("SLURM_ARRAY_TASK_ID", "x")]);
-        let e = Shard::parse_with_env("auto/2", &bad).unwrap_err().to_string();
+        let e = Shard::parse_with_env("auto/2", &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SLURM_ARRAY_TASK_ID='x'"), "{e}");
     }
 
@@ -182,17 +196,25 @@ mod tests {
     /// of runs already under way, so it must show up here.
     #[test]
     fn assignment_is_pinned() {
-        let got: Vec<u32> = ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png", "bird/x.jpg"]
-            .iter()
-            .map(|k| shard_of(k, 7))
-            .collect();
+        let got: Vec<u32> = [
+            "cat/0.png",
+            "cat/1.png",
+            "dog/0.png",
+            "dog/1.png",
+            "bird/x.jpg",
+        ]
+        .iter()
+        .map(|k| shard_of(k, 7))
+        .collect();
         // cat/0.png: 1a07b51d89614a9d, cat/1.png: 6a3b843cf66c4612, ...
         assert_eq!(got, vec![1, 4, 3, 6, 0]);
     }
 
     #[test]
     fn every_file_in_exactly_one_shard_and_balanced() {
-        let keys: Vec<String> = (0..7000).map(|i| format!("c{}/{i:05}.png", i % 10)).collect();
+        let keys: Vec<String> = (0..7000)
+            .map(|i| format!("c{}/{i:05}.png", i % 10))
+            .collect();
         for n in 1..=7u32 {
             let mut sizes = vec![0usize; n as usize];
             for k in &keys {

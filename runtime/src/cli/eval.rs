@@ -133,7 +133,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
 
     // This shard's files: replayed from the predictions file, or to score.
     let mut misses = Vec::new();
-    let mut todo: Vec<(PathBuf, String, usize)> = Vec::new();
+    // Files to score, and beside each its shard key and true class.
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut todo: Vec<(String, usize)> = Vec::new();
     let label_ix: HashMap<&str, usize> = labels
         .iter()
         .enumerate()
@@ -149,12 +151,16 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         let truth = to_label[class];
         let done = predictions.as_mut().and_then(|(_, done)| done.remove(&key));
         match done {
-            Some(p) => replay(&mut tally, &mut misses, p, path, truth, &label_ix)
-                .with_context(|| {
+            Some(p) => {
+                replay(&mut tally, &mut misses, p, path, truth, &label_ix).with_context(|| {
                     let file = args.scale.predictions.as_deref().unwrap_or(Path::new("?"));
                     format!("{}: cannot resume", file.display())
-                })?,
-            None => todo.push((path, key, truth)),
+                })?
+            }
+            None => {
+                files.push(path);
+                todo.push((key, truth));
+            }
         }
     }
     let (mut predictions, stale) = match predictions {
@@ -169,19 +175,25 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     }
 
     let k = tally.k();
-    let files: Vec<PathBuf> = todo.iter().map(|(p, _, _)| p.clone()).collect();
     let bar = args.run.progress(files.len() as u64, "eval");
     let start = Instant::now();
     let mut append_result = Ok(());
     classify_files(&classifier, &files, &args.run.pipeline(), |ix, outcome| {
         bar.inc(1);
-        let (path, key, truth) = &todo[ix];
+        let (path, (key, truth)) = (&files[ix], &todo[ix]);
         let line = match outcome {
             Ok(probs) => {
                 let ranked = top_k(&probs, k);
                 let predicted = ranked[0];
                 let confidence = probs[predicted];
-                tally.scored(key, path, *truth, predicted, confidence, ranked.contains(truth));
+                tally.scored(
+                    key,
+                    path,
+                    *truth,
+                    predicted,
+                    confidence,
+                    ranked.contains(truth),
+                );
                 if predicted != *truth {
                     misses.push(Miss {
                         file: path.clone(),
@@ -231,12 +243,16 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             "{}: none of the {} images could be scored (first: {})",
             args.dir.display(),
             part.files,
-            part.skipped.first().map_or("?".into(), |s| s.reason.clone())
+            part.skipped
+                .first()
+                .map_or("?".into(), |s| s.reason.clone())
         );
     }
     if let Some(path) = &args.scale.part {
-        write_atomic(path, |w| serde_json::to_writer(&mut *w, &part).map_err(Into::into))
-            .with_context(|| format!("{}: cannot write the partial report", path.display()))?;
+        write_atomic(path, |w| {
+            serde_json::to_writer(&mut *w, &part).map_err(Into::into)
+        })
+        .with_context(|| format!("{}: cannot write the partial report", path.display()))?;
     }
     if let Some(path) = &args.misclassified {
         write_atomic(path, |w| write_misses(w, &misses, labels))
@@ -266,7 +282,9 @@ fn replay(
     let Some(&predicted) = label_ix.get(predicted.as_str()) else {
         bail!("line for {} predicts unknown label '{predicted}'", p.file);
     };
-    let hit = ranked.iter().any(|l| label_ix.get(l.as_str()) == Some(&truth));
+    let hit = ranked
+        .iter()
+        .any(|l| label_ix.get(l.as_str()) == Some(&truth));
     tally.scored(&p.file, &path, truth, predicted, confidence, hit);
     if predicted != truth {
         misses.push(Miss {

@@ -37,7 +37,10 @@ pub fn run(args: MergeArgs) -> Result<ExitCode> {
             "{}: none of the {} images could be scored (first: {})",
             merged.dir.display(),
             merged.files,
-            merged.skipped.first().map_or("?".into(), |s| s.reason.clone())
+            merged
+                .skipped
+                .first()
+                .map_or("?".into(), |s| s.reason.clone())
         );
     }
     write_outputs(&args.out, &merged)?;

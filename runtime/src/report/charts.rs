@@ -39,7 +39,8 @@ fn font() -> Result<(), String> {
         )
         .is_ok()
     });
-    ok.then_some(()).ok_or_else(|| "the embedded font does not load".into())
+    ok.then_some(())
+        .ok_or_else(|| "the embedded font does not load".into())
 }
 
 /// Linear mix of [`COLD`] and [`HOT`], `t` in 0..=1.
@@ -64,10 +65,16 @@ pub fn confusion_png(s: &Summary) -> Result<Vec<u8>, String> {
     font()?;
     let n = s.labels.len();
     let cell = cell_size(n);
-    let (w, h) = (LABEL_WIDTH + cell * n as u32 + 20, HEADER_HEIGHT + cell * n as u32 + 20);
+    let (w, h) = (
+        LABEL_WIDTH + cell * n as u32 + 20,
+        HEADER_HEIGHT + cell * n as u32 + 20,
+    );
     render(w, h, |area| {
         let text = |size: u32, pos: Pos, color: RGBColor| {
-            ("sans-serif", size as f64).into_font().color(&color).pos(pos)
+            ("sans-serif", size as f64)
+                .into_font()
+                .color(&color)
+                .pos(pos)
         };
         let center = Pos::new(HPos::Center, VPos::Center);
         area.draw(&Text::new(
@@ -83,12 +90,20 @@ pub fn confusion_png(s: &Summary) -> Result<Vec<u8>, String> {
             area.draw(&Text::new(
                 format!("{i} {}", s.labels[i]),
                 (LABEL_WIDTH as i32 - 6, y + cell as i32 / 2),
-                text(font_size.max(12), Pos::new(HPos::Right, VPos::Center), BLACK),
+                text(
+                    font_size.max(12),
+                    Pos::new(HPos::Right, VPos::Center),
+                    BLACK,
+                ),
             ))
             .map_err(|e| e.to_string())?;
             for (j, &count) in row.iter().enumerate() {
                 let x = (LABEL_WIDTH + cell * j as u32) as i32;
-                let share = if support == 0 { 0.0 } else { count as f64 / support as f64 };
+                let share = if support == 0 {
+                    0.0
+                } else {
+                    count as f64 / support as f64
+                };
                 let [r, g, b] = heat(share);
                 area.draw(&Rectangle::new(
                     [(x, y), (x + cell as i32 - 1, y + cell as i32 - 1)],
@@ -133,8 +148,12 @@ pub fn per_class_png(s: &Summary) -> Result<Vec<u8>, String> {
         for (name, color) in BARS {
             area.draw(&Rectangle::new([(x, 10), (x + 14, 24)], color.filled()))
                 .map_err(|e| e.to_string())?;
-            area.draw(&Text::new(name, (x + 20, 17), text(14.0, Pos::new(HPos::Left, VPos::Center))))
-                .map_err(|e| e.to_string())?;
+            area.draw(&Text::new(
+                name,
+                (x + 20, 17),
+                text(14.0, Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(|e| e.to_string())?;
             x += 40 + 8 * name.len() as i32;
         }
         for tick in 0..=4 {
@@ -159,11 +178,16 @@ pub fn per_class_png(s: &Summary) -> Result<Vec<u8>, String> {
                 text(13.0, Pos::new(HPos::Right, VPos::Center)),
             ))
             .map_err(|e| e.to_string())?;
-            for (k, (value, (_, color))) in [m.precision, m.recall, m.f1].iter().zip(BARS).enumerate() {
+            for (k, (value, (_, color))) in
+                [m.precision, m.recall, m.f1].iter().zip(BARS).enumerate()
+            {
                 let y0 = y + (bar * k as u32) as i32;
                 let x1 = left as i32 + (value.clamp(0.0, 1.0) * scale_w as f64).round() as i32;
-                area.draw(&Rectangle::new([(left as i32, y0), (x1, y0 + bar as i32 - 2)], color.filled()))
-                    .map_err(|e| e.to_string())?;
+                area.draw(&Rectangle::new(
+                    [(left as i32, y0), (x1, y0 + bar as i32 - 2)],
+                    color.filled(),
+                ))
+                .map_err(|e| e.to_string())?;
                 area.draw(&Text::new(
                     format!("{value:.3}"),
                     (x1 + 4, y0 + bar as i32 / 2 - 1),
@@ -219,7 +243,8 @@ mod tests {
         let cell = cell_size(3);
         let at = |row: u32, col: u32| {
             // A corner of the cell, away from its count.
-            img.get_pixel(LABEL_WIDTH + cell * col + 2, HEADER_HEIGHT + cell * row + 2).0
+            img.get_pixel(LABEL_WIDTH + cell * col + 2, HEADER_HEIGHT + cell * row + 2)
+                .0
         };
         assert_eq!(at(1, 1), HOT, "dog row is all correct");
         assert_eq!(at(0, 0), heat(0.8));

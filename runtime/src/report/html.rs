@@ -78,7 +78,10 @@ pub fn page(part: &EvalPart, s: &Summary, thumbs: &[Option<String>]) -> String {
             row(k, &plain(v));
         }
         if let Some(meta) = info.get("metadata").and_then(|m| m.as_object()) {
-            for (k, v) in meta.iter().filter(|(k, _)| !matches!(k.as_str(), "labels" | "preprocess")) {
+            for (k, v) in meta
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "labels" | "preprocess"))
+            {
                 row(&format!("metadata: {k}"), &plain(v));
             }
         }
@@ -124,7 +127,11 @@ pub fn page(part: &EvalPart, s: &Summary, thumbs: &[Option<String>]) -> String {
                 h.push_str("</div>\n");
             }
             current = Some(m.truth);
-            let _ = writeln!(h, "<h3>{}</h3>\n<div class=\"grid\">", e(&part.labels[m.truth]));
+            let _ = writeln!(
+                h,
+                "<h3>{}</h3>\n<div class=\"grid\">",
+                e(&part.labels[m.truth])
+            );
         }
         let img = match thumb {
             Some(src) => format!("<img src=\"{}\" alt=\"{}\">", e(src), e(&m.file)),
@@ -149,7 +156,11 @@ pub fn page(part: &EvalPart, s: &Summary, thumbs: &[Option<String>]) -> String {
             let _ = writeln!(h, "<li>[{}] {}</li>", e(&sk.kind), e(&sk.reason));
         }
         if part.skipped.len() > SKIPPED_SHOWN {
-            let _ = writeln!(h, "<li>... and {} more (see the JSON report)</li>", part.skipped.len() - SKIPPED_SHOWN);
+            let _ = writeln!(
+                h,
+                "<li>... and {} more (see the JSON report)</li>",
+                part.skipped.len() - SKIPPED_SHOWN
+            );
         }
         h.push_str("</ul>\n");
     }
@@ -172,6 +183,9 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

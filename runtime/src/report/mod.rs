@@ -21,7 +21,8 @@ pub use charts::{COLD, HEADER_HEIGHT, HOT, LABEL_WIDTH, cell_size, heat};
 /// Writes the report of `part` into `dir` (created if missing).
 pub fn write_report(dir: &Path, part: &EvalPart) -> Result<()> {
     let summary = part.summary();
-    let failed = |what: &str, reason: String| Error::input(dir, format!("cannot draw {what}: {reason}"));
+    let failed =
+        |what: &str, reason: String| Error::input(dir, format!("cannot draw {what}: {reason}"));
     let confusion = charts::confusion_png(&summary).map_err(|e| failed("the heat map", e))?;
     let bars = charts::per_class_png(&summary).map_err(|e| failed("the bars", e))?;
     fs_err::create_dir_all(dir.join("thumbs"))?;
