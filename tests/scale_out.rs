@@ -350,7 +350,7 @@ fn report_renders_in_a_headless_browser() {
         })
         .collect();
     let merged = d.path().join("merged");
-    fennec!("merge", parts[0], parts[1], "--report", merged, "-q").ok();
+    fennec!("merge", parts[0], parts[1], "--report", merged).ok();
     for file in [
         "index.html",
         "confusion.png",
