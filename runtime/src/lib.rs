@@ -22,6 +22,7 @@
 //! - [`progress`]: the one progress-bar look of both binaries.
 //! - [`onnx_writer`]: writing ONNX files (used by the trainer's exporter and test
 //!   fixtures; feature `onnx`, on by default).
+//! - [`quantize`]: int8 post-training quantization of an ONNX classifier (QDQ).
 //!
 //! Errors ([`error`]) are typed (thiserror) and name the file; the `fennec` binary
 //! (feature `cli`) adds clap and anyhow, which the library does not use.
@@ -41,6 +42,8 @@ pub mod pipeline;
 pub mod predictions;
 pub mod preprocess;
 pub mod progress;
+#[cfg(feature = "onnx")]
+pub mod quantize;
 #[cfg(feature = "report")]
 pub mod report;
 pub mod scores;

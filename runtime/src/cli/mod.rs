@@ -3,6 +3,7 @@
 //! JSON with `--json`.
 
 mod bench;
+mod compare;
 #[cfg(feature = "onnx")]
 mod convert;
 mod eval;
@@ -11,6 +12,8 @@ mod merge;
 mod model;
 mod predict;
 mod scale_out;
+#[cfg(feature = "onnx")]
+mod quantize;
 mod table;
 
 use std::process::ExitCode;
@@ -51,6 +54,13 @@ pub enum Cli {
     /// build, with its labels and preprocessing.
     #[cfg(feature = "onnx")]
     Convert(convert::ConvertArgs),
+    /// Write an int8 copy of a float ONNX classifier (QDQ format: int8 weights per
+    /// channel, uint8 activations calibrated on labelled images of DIR).
+    #[cfg(feature = "onnx")]
+    Quantize(quantize::QuantizeArgs),
+    /// Score one labelled folder with two models (e.g. float and int8): agreement,
+    /// accuracy per class of both, the images whose answer changed.
+    Compare(compare::CompareArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -62,6 +72,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cli::Merge(a) => merge::run(a),
         #[cfg(feature = "onnx")]
         Cli::Convert(a) => convert::run(a),
+        #[cfg(feature = "onnx")]
+        Cli::Quantize(a) => quantize::run(a),
+        Cli::Compare(a) => compare::run(a),
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`conv`]: convolution + ReLU + max pool in one op, with direct kernels per
 //!   instruction set (`conv/avx512.rs`, `avx2.rs`, `neon.rs`, `portable.rs`).
 //! - [`dense`]: batch-1 dense layers, their weight reads split between threads.
+//! - [`int8`]: integer convolution and dense ops for QDQ-quantized models.
 //! - [`simd`]: the instruction-set level, detected once, and
 //!   [`simd_fn!`](simd::simd_fn), the one way (shared with the trainer) to
 //!   compile a loop for several of them.
@@ -17,6 +18,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod int8;
 mod rewrite;
 pub mod simd;
 #[cfg(test)]

@@ -120,14 +120,17 @@ pub(super) fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<F
     );
     let op = FusedConv {
         conv: Arc::new(packed),
-        input_hw: (ih, iw),
-        pad,
-        pool,
+        geo: Geometry {
+            input_hw: (ih, iw),
+            kernel_hw: (kh, kw),
+            pad,
+            pool,
+        },
     };
     Ok(Some(Fusion { op, nodes }))
 }
 
-fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
+pub(in crate::kernels) fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
     let v: Vec<usize> = dims
         .iter()
         .map(|d| d.to_usize().ok())
@@ -138,7 +141,7 @@ fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
 /// A max pool whose windows tile the input without overlap (kernel = stride), start
 /// at the top-left corner, and may be cut short at the bottom/right edge (ONNX
 /// `ceil_mode`, TF `SAME`): `(window_h, window_w, out_h, out_w)`.
-fn pool_window(
+pub(in crate::kernels) fn pool_window(
     spec: &PoolSpec,
     with_indices: bool,
     channels: usize,
@@ -167,28 +170,25 @@ fn pool_window(
 #[derive(Debug, Clone)]
 pub struct FusedConv {
     conv: Arc<PackedConv>,
-    input_hw: (usize, usize),
+    geo: Geometry,
+}
+
+/// The spatial sizes of a fused convolution (+ max pool), shared by the f32 op
+/// here and the int8 one (`kernels/int8/conv.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::kernels) struct Geometry {
+    /// Height and width of the input image, before padding.
+    pub input_hw: (usize, usize),
+    /// Height and width of the convolution kernel.
+    pub kernel_hw: (usize, usize),
     /// `(before, after)` zero padding of the height and width axes.
-    pad: [(usize, usize); 2],
+    pub pad: [(usize, usize); 2],
     /// `(window_h, window_w, out_h, out_w)` of the fused max pool, if any.
-    pool: Option<(usize, usize, usize, usize)>,
+    pub pool: Option<(usize, usize, usize, usize)>,
 }
 
-impl PartialEq for FusedConv {
-    fn eq(&self, other: &Self) -> bool {
-        // Same packed weights (by identity: comparing floats would make NaN
-        // weights unequal to themselves) and same geometry.
-        Arc::ptr_eq(&self.conv, &other.conv)
-            && self.input_hw == other.input_hw
-            && self.pad == other.pad
-            && self.pool == other.pool
-    }
-}
-
-impl Eq for FusedConv {}
-
-impl FusedConv {
-    fn padded_hw(&self) -> (usize, usize) {
+impl Geometry {
+    pub fn padded_hw(&self) -> (usize, usize) {
         let (h, w) = self.input_hw;
         (
             h + self.pad[0].0 + self.pad[0].1,
@@ -196,24 +196,50 @@ impl FusedConv {
         )
     }
 
-    fn conv_hw(&self) -> (usize, usize) {
+    /// Height and width of the convolution's output, before the pool.
+    pub fn conv_hw(&self) -> (usize, usize) {
         let (h, w) = self.padded_hw();
-        (h + 1 - self.conv.kh, w + 1 - self.conv.kw)
+        (h + 1 - self.kernel_hw.0, w + 1 - self.kernel_hw.1)
     }
 
-    fn output_hw(&self) -> (usize, usize) {
+    /// Height and width of the op's output (after the pool, if any).
+    pub fn output_hw(&self) -> (usize, usize) {
         self.pool
             .map_or_else(|| self.conv_hw(), |(_, _, oh, ow)| (oh, ow))
     }
 
+    /// The op's NCHW output shape for a batch of `n` and `oc` output channels.
+    pub fn output_shape(&self, n: &TDim, oc: usize) -> [TDim; 4] {
+        let (oh, ow) = self.output_hw();
+        [n.clone(), oc.into(), oh.into(), ow.into()]
+    }
+
+    /// Multiply-adds per image with `ic` input and `oc` output channels.
+    pub fn macs_per_image(&self, ic: usize, oc: usize) -> usize {
+        let (ch, cw) = self.conv_hw();
+        oc * ch * cw * ic * self.kernel_hw.0 * self.kernel_hw.1
+    }
+}
+
+impl PartialEq for FusedConv {
+    fn eq(&self, other: &Self) -> bool {
+        // Same packed weights (by identity: comparing floats would make NaN
+        // weights unequal to themselves) and same geometry.
+        Arc::ptr_eq(&self.conv, &other.conv) && self.geo == other.geo
+    }
+}
+
+impl Eq for FusedConv {}
+
+impl FusedConv {
     /// The image with its zero border, or the image itself when there is none.
     fn padded<'a>(&self, image: &'a [f32]) -> Cow<'a, [f32]> {
-        if self.pad == [(0, 0); 2] {
+        if self.geo.pad == [(0, 0); 2] {
             return Cow::Borrowed(image);
         }
-        let (h, w) = self.input_hw;
-        let (ph, pw) = self.padded_hw();
-        let (top, left) = (self.pad[0].0, self.pad[1].0);
+        let (h, w) = self.geo.input_hw;
+        let (ph, pw) = self.geo.padded_hw();
+        let (top, left) = (self.geo.pad[0].0, self.geo.pad[1].0);
         let mut out = vec![0.0; self.conv.ic * ph * pw];
         for (c, channel) in image.chunks_exact(h * w).enumerate() {
             for (y, row) in channel.chunks_exact(w).enumerate() {
@@ -228,10 +254,10 @@ impl FusedConv {
     /// channel planes.
     fn run_blocks(&self, input: &[f32], blocks: std::ops::Range<usize>, out: &mut [f32]) {
         let c = &*self.conv;
-        let (ih, iw) = self.padded_hw();
-        let (ch, cw) = self.conv_hw();
+        let (ih, iw) = self.geo.padded_hw();
+        let (ch, cw) = self.geo.conv_hw();
         let first = blocks.start * OCB;
-        match self.pool {
+        match self.geo.pool {
             None => {
                 let plane = ch * cw;
                 for y in 0..ch {
@@ -267,12 +293,12 @@ impl FusedConv {
         let c = &self.conv;
         let mut s = format!(
             "{}x{} conv {}->{} channels, pad {:?}",
-            c.kh, c.kw, c.ic, c.oc, self.pad
+            c.kh, c.kw, c.ic, c.oc, self.geo.pad
         );
         if c.relu {
             s += ", relu";
         }
-        if let Some((wh, ww, _, _)) = self.pool {
+        if let Some((wh, ww, _, _)) = self.geo.pool {
             s += &format!(", {wh}x{ww} max pool");
         }
         s
@@ -281,7 +307,7 @@ impl FusedConv {
     /// The op on a batch `[n, ic, h, w]`.
     fn run(&self, input: &Tensor) -> TractResult<Tensor> {
         let c = &*self.conv;
-        let (h, w) = self.input_hw;
+        let (h, w) = self.geo.input_hw;
         ensure!(
             input.datum_type() == f32::datum_type()
                 && input.rank() == 4
@@ -292,7 +318,7 @@ impl FusedConv {
             input.shape()
         );
         let n = input.shape()[0];
-        let (oh, ow) = self.output_hw();
+        let (oh, ow) = self.geo.output_hw();
         let mut output = Tensor::zero::<f32>(&[n, c.oc, oh, ow])?;
         let input = input.try_as_plain_ram()?;
         let input = input.as_slice::<f32>()?;
@@ -348,20 +374,12 @@ fused_op!(FusedConv, "FennecConv");
 
 impl TypedOp for FusedConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (oh, ow) = self.output_hw();
-        let n = inputs[0].shape[0].clone();
-        Ok(tvec!(f32::fact([
-            n,
-            self.conv.oc.into(),
-            oh.into(),
-            ow.into()
-        ])))
+        let shape = self.geo.output_shape(&inputs[0].shape[0], self.conv.oc);
+        Ok(tvec!(f32::fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let c = &*self.conv;
-        let (ch, cw) = self.conv_hw();
-        let per_image = c.oc * ch * cw * c.ic * c.kh * c.kw;
+        let per_image = self.geo.macs_per_image(self.conv.ic, self.conv.oc);
         Ok(tvec!((
             Cost::FMA(f32::datum_type()),
             inputs[0].shape[0].clone() * per_image
