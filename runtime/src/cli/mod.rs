@@ -11,9 +11,9 @@ mod info;
 mod merge;
 mod model;
 mod predict;
-mod scale_out;
 #[cfg(feature = "onnx")]
 mod quantize;
+mod scale_out;
 mod table;
 
 use std::process::ExitCode;

@@ -65,8 +65,9 @@ pub fn confusion_png(s: &Summary) -> Result<Vec<u8>, String> {
     font()?;
     let n = s.labels.len();
     let cell = cell_size(n);
+    // At least as wide as the title, however few the classes.
     let (w, h) = (
-        LABEL_WIDTH + cell * n as u32 + 20,
+        (LABEL_WIDTH + cell * n as u32 + 20).max(LABEL_WIDTH + 400),
         HEADER_HEIGHT + cell * n as u32 + 20,
     );
     render(w, h, |area| {

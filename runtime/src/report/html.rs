@@ -47,10 +47,10 @@ pub fn page(part: &EvalPart, s: &Summary, thumbs: &[Option<String>]) -> String {
         e(&title),
         e(&title)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<p><b>accuracy {:.4}</b> ({}/{}), top-{} accuracy {:.4}; {} image files, {} skipped \
-         entries; macro F1 {:.4}, weighted F1 {:.4}.</p>\n",
+         entries; macro F1 {:.4}, weighted F1 {:.4}.</p>",
         s.accuracy,
         s.correct,
         s.images,
