@@ -168,11 +168,17 @@ pub fn page(part: &EvalPart, s: &Summary, thumbs: &[Option<String>]) -> String {
     h
 }
 
-/// A JSON value as plain text: strings unquoted, the rest as compact JSON.
+/// A JSON value as plain text: strings unquoted, objects as `key value, ...`, the rest
+/// as compact JSON.
 fn plain(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "-".into(),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k} {}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }
