@@ -27,6 +27,8 @@ use crate::scores::{OutputKind, class_count};
 mod nnef;
 #[cfg(feature = "onnx")]
 mod onnx;
+#[cfg(feature = "onnx")]
+mod quantized;
 mod resolve;
 
 /// Where a piece of model configuration came from, reported by `info` and `predict`.
@@ -91,6 +93,29 @@ pub struct GraphFacts {
     pub output_shape: Vec<String>,
     pub layout: Layout,
     pub parameters: u64,
+    /// How the weights are stored and their size (absent from archives written
+    /// before fennec recorded it).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// How a model's weights are stored, for `fennec info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Precision {
+    /// `f32`, `f16`, `int8 (QDQ)`, `int8 (QOperator)`, `int8 (dynamic)`, or
+    /// `unknown` (NNEF archives written before fennec recorded it).
+    pub kind: String,
+    /// Bytes of all initializers (weights, biases, scales, constants).
+    pub weight_bytes: u64,
+}
+
+impl Default for Precision {
+    fn default() -> Self {
+        Precision {
+            kind: "unknown".into(),
+            weight_bytes: 0,
+        }
+    }
 }
 
 /// What a reader (ONNX or NNEF) made of a model file, for [`Classifier::assemble`].

@@ -15,10 +15,14 @@
 //! - [`folder`]: `<root>/<class>/<images>` folders and command-line file lists.
 //! - [`pipeline`]: parallel decoding overlapped with batched inference.
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
+//! - [`shard`], [`part`], [`predictions`]: scoring a folder in shards, merging
+//!   their partial reports, resuming a killed run; [`report`]: the HTML report
+//!   (feature `report`). How to run them on a scheduler: docs/scale-out.md.
 //! - [`atomic`]: files written whole or not at all.
 //! - [`progress`]: the one progress-bar look of both binaries.
 //! - [`onnx_writer`]: writing ONNX files (used by the trainer's exporter and test
 //!   fixtures; feature `onnx`, on by default).
+//! - [`quantize`]: int8 post-training quantization of an ONNX classifier (QDQ).
 //!
 //! Errors ([`error`]) are typed (thiserror) and name the file; the `fennec` binary
 //! (feature `cli`) adds clap and anyhow, which the library does not use.
@@ -33,10 +37,17 @@ pub mod metadata;
 pub mod metrics;
 #[cfg(feature = "onnx")]
 pub mod onnx_writer;
+pub mod part;
 pub mod pipeline;
+pub mod predictions;
 pub mod preprocess;
 pub mod progress;
+#[cfg(feature = "onnx")]
+pub mod quantize;
+#[cfg(feature = "report")]
+pub mod report;
 pub mod scores;
+pub mod shard;
 
 pub use classifier::{Classifier, LoadOptions, ModelInfo, Source};
 pub use decode::DecodeLimits;

@@ -26,6 +26,10 @@ pub mod keys {
     pub const WEIGHTS_HASH: &str = "fennec.weights_sha256";
     /// What the model's output is: `probabilities` or `logits`.
     pub const OUTPUT: &str = "fennec.output";
+    /// `int8` in files written by `fennec quantize` (absent: float weights).
+    pub const PRECISION: &str = "fennec.precision";
+    /// JSON summary of the images `fennec quantize` calibrated on.
+    pub const CALIBRATION: &str = "fennec.calibration";
 }
 
 /// `producer_name` written by the exporter.

@@ -112,6 +112,39 @@ impl GraphBuilder {
         name.into()
     }
 
+    /// Adds an 8- or 32-bit integer tensor (`Int8`, `Uint8`, `Int32`: the codes,
+    /// zero points and biases of a QDQ model); returns its name.
+    pub fn int_tensor(
+        &mut self,
+        name: &str,
+        dims: &[i64],
+        data_type: DataType,
+        values: &[i64],
+    ) -> String {
+        assert_eq!(
+            dims.iter().product::<i64>() as usize,
+            values.len(),
+            "{name}: dims vs values"
+        );
+        let raw = match data_type {
+            DataType::Int8 => values.iter().map(|&v| v as i8 as u8).collect(),
+            DataType::Uint8 => values.iter().map(|&v| v as u8).collect(),
+            DataType::Int32 => values
+                .iter()
+                .flat_map(|&v| (v as i32).to_le_bytes())
+                .collect(),
+            other => panic!("{name}: int_tensor of {other:?}"),
+        };
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: data_type as i32,
+            raw_data: raw,
+            ..Default::default()
+        });
+        name.into()
+    }
+
     /// Adds a node with one output and returns that output's name. `output` names
     /// it explicitly (for graph outputs); otherwise a unique name is made.
     pub fn node(

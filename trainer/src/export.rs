@@ -464,27 +464,12 @@ pub fn export_device() -> Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::EVERY_LAYER_YAML;
     use fennec_runtime::onnx_writer::pb;
     use prost::Message;
 
-    const ALL: &str = r#"
-name: every_layer
-input: {height: 9, width: 9, channels: 3}
-layers:
-  - conv2d: {filters: 4, kernel: 3, padding: same, activation: relu}
-  - batchnorm: {}
-  - maxpool2d: {size: 2, padding: same}
-  - avgpool2d: {size: 2, padding: same}
-  - dropout: {rate: 0.25}
-  - conv2d: {filters: 5, kernel: 1, activation: tanh}
-  - global_average_pool
-  - dense: {units: 6, activation: sigmoid}
-  - batchnorm: {}
-  - dense: {activation: softmax}
-"#;
-
     fn model(precision: Precision) -> (Plan, Vec<u8>) {
-        let config = Config::parse(ALL, "all").unwrap();
+        let config = Config::parse(EVERY_LAYER_YAML, "every_layer").unwrap();
         let plan = config.resolve(3).unwrap();
         let net = Net::new(&plan, &export_device());
         let labels = ["a", "b", "c"].map(String::from);
@@ -558,7 +543,7 @@ layers:
 
     #[test]
     fn deterministic_and_f16_halves_the_weights() {
-        let config = Config::parse(ALL, "all").unwrap();
+        let config = Config::parse(EVERY_LAYER_YAML, "every_layer").unwrap();
         let plan = config.resolve(3).unwrap();
         let net = Net::new(&plan, &export_device());
         let md = metadata(
@@ -587,7 +572,7 @@ layers:
 
     #[test]
     fn mismatches_are_errors() {
-        let config = Config::parse(ALL, "all").unwrap();
+        let config = Config::parse(EVERY_LAYER_YAML, "every_layer").unwrap();
         let plan = config.resolve(3).unwrap();
         let net = Net::new(&plan, &export_device());
         let md = metadata(

@@ -215,34 +215,19 @@ fn padding(p: Padding) -> PaddingConfig2d {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, EVERY_LAYER_YAML};
     use burn::tensor::Distribution;
-
-    const SMALL: &str = r#"
-name: small
-input: {height: 9, width: 9, channels: 3}
-layers:
-  - conv2d: {filters: 4, kernel: 3, padding: same, activation: relu}
-  - batchnorm: {}
-  - maxpool2d: {size: 2, padding: same}
-  - avgpool2d: {size: 2}
-  - dropout: {rate: 0.25}
-  - conv2d: {filters: 5, kernel: 1, activation: tanh}
-  - global_average_pool
-  - dense: {units: 6, activation: sigmoid}
-  - dense: {activation: softmax}
-"#;
 
     #[test]
     fn forward_shapes_follow_the_plan() {
-        let config = Config::parse(SMALL, "small").unwrap();
+        let config = Config::parse(EVERY_LAYER_YAML, "every_layer").unwrap();
         let plan = config.resolve(3).unwrap();
         let device = Device::flex();
         let net = Net::new(&plan, &device);
         assert_eq!(
             net.num_params(),
-            plan.total_params() + 2 * 4,
-            "BN running stats counted by burn"
+            plan.total_params() + 2 * (4 + 6),
+            "BN running stats (4 + 6 features) counted by burn"
         );
         let x = Tensor::<4>::random([2, 3, 9, 9], Distribution::Uniform(0.0, 1.0), &device);
         let p = net.probabilities(x);
@@ -255,7 +240,7 @@ layers:
 
     #[test]
     fn glorot_weights_and_zero_biases() {
-        let config = Config::parse(SMALL, "small").unwrap();
+        let config = Config::parse(EVERY_LAYER_YAML, "every_layer").unwrap();
         let net = Net::new(&config.resolve(3).unwrap(), &Device::flex());
         let Layer::Conv(conv) = &net.blocks[0].layer else {
             panic!()

@@ -14,7 +14,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 
-use super::{Classifier, Found, GraphFacts, LoadOptions, Source, resolve};
+use super::{Classifier, Found, GraphFacts, LoadOptions, Source, quantized, resolve};
 use crate::error::{Error, Result, chain};
 use crate::metadata::ModelMetadata;
 use crate::preprocess::{ColorMode, Layout, Preprocess, PreprocessChanges};
@@ -23,9 +23,12 @@ use crate::scores::OutputKind;
 /// Loads the ONNX model in `bytes` (read from `path`) as a classifier.
 pub(super) fn load(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Classifier> {
     let onnx = tract_onnx::onnx();
-    let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| {
+    let mut proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| {
         Error::invalid_model(path, format!("protobuf does not decode ({})", chain(&e)))
     })?;
+    if let Some(graph) = proto.graph.as_mut() {
+        quantized::work_around_tract(graph);
+    }
     let graph = graph_of(&proto, path)?;
     let metadata = read_metadata(&proto, path)?;
 
@@ -343,7 +346,7 @@ impl ClassOutput {
 }
 
 /// What the scores are, from the op that produces `output` (looking through
-/// shape-only ops): a Softmax gives probabilities, a Sigmoid on one unit a
+/// shape-only ops and quantize/dequantize pairs): a Softmax gives probabilities, a Sigmoid on one unit a
 /// probability of class 1; anything else is logits.
 fn output_kind(graph: &pb::GraphProto, output: &str, raw_classes: usize) -> OutputKind {
     let producer = |name: &str| {
@@ -359,7 +362,13 @@ fn output_kind(graph: &pb::GraphProto, output: &str, raw_classes: usize) -> Outp
         last_op = node.op_type.clone();
         let shape_only = matches!(
             node.op_type.as_str(),
-            "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze"
+            "Identity"
+                | "Reshape"
+                | "Flatten"
+                | "Squeeze"
+                | "Unsqueeze"
+                | "QuantizeLinear"
+                | "DequantizeLinear"
         );
         match node.input.first() {
             Some(first) if shape_only => name = first.clone(),
@@ -401,6 +410,7 @@ fn graph_facts(
             .iter()
             .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
             .sum(),
+        precision: quantized::precision(graph),
     }
 }
 

@@ -79,6 +79,14 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
         HumanCount(i.graph.parameters).to_string(),
     ]);
     t.row([
+        "precision".to_string(),
+        format!(
+            "{}, weights {}",
+            i.graph.precision.kind,
+            HumanBytes(i.graph.precision.weight_bytes)
+        ),
+    ]);
+    t.row([
         "FLOPs/image".to_string(),
         i.flops_per_image.map_or("unknown".into(), |f| {
             format!("{} ({:.3} GFLOP)", HumanCount(f), f as f64 / 1e9)

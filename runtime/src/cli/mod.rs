@@ -3,12 +3,17 @@
 //! JSON with `--json`.
 
 mod bench;
+mod compare;
 #[cfg(feature = "onnx")]
 mod convert;
 mod eval;
 mod info;
+mod merge;
 mod model;
 mod predict;
+#[cfg(feature = "onnx")]
+mod quantize;
+mod scale_out;
 mod table;
 
 use std::process::ExitCode;
@@ -42,10 +47,20 @@ pub enum Cli {
     Eval(eval::EvalArgs),
     /// Measure load time, latency percentiles and throughput on random inputs.
     Bench(bench::BenchArgs),
+    /// Add up the partial reports of `eval --shard i/n --part PATH` into the report
+    /// of the whole folder, exactly as one `eval` would print it.
+    Merge(merge::MergeArgs),
     /// Write an ONNX classifier as a tract NNEF archive (.nnef.tgz) for the lite
     /// build, with its labels and preprocessing.
     #[cfg(feature = "onnx")]
     Convert(convert::ConvertArgs),
+    /// Write an int8 copy of a float ONNX classifier (QDQ format: int8 weights per
+    /// channel, uint8 activations calibrated on labelled images of DIR).
+    #[cfg(feature = "onnx")]
+    Quantize(quantize::QuantizeArgs),
+    /// Score one labelled folder with two models (e.g. float and int8): agreement,
+    /// accuracy per class of both, the images whose answer changed.
+    Compare(compare::CompareArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -54,8 +69,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cli::Predict(a) => predict::run(a),
         Cli::Eval(a) => eval::run(a),
         Cli::Bench(a) => bench::run(a),
+        Cli::Merge(a) => merge::run(a),
         #[cfg(feature = "onnx")]
         Cli::Convert(a) => convert::run(a),
+        #[cfg(feature = "onnx")]
+        Cli::Quantize(a) => quantize::run(a),
+        Cli::Compare(a) => compare::run(a),
     }
 }
 

@@ -115,9 +115,32 @@ pub(super) fn plan_fusion(
     let rows = rows.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
 
     let mut nodes = vec![id];
+    let (bias, relu) = bias_and_relu(model, &mut nodes, units, true)?;
+    let op = FusedDense {
+        weights: Arc::new(pack(&rows, units, k)),
+        bias: bias.map(Arc::new),
+        k,
+        units,
+        relu,
+        output_shape,
+    };
+    Ok(Some(Fusion { op, nodes }))
+}
+
+/// The `+ bias` and ReLU nodes (each optional, in that order) after the matrix
+/// product that `nodes` ends with, shared with the int8 dense op: appends the ones
+/// found to `nodes`; a bias only when `bias_allowed`.
+pub(in crate::kernels) fn bias_and_relu(
+    model: &TypedModel,
+    nodes: &mut Vec<usize>,
+    units: usize,
+    bias_allowed: bool,
+) -> TractResult<(Option<Vec<f32>>, bool)> {
+    let product = *nodes.last().unwrap();
     let mut bias = None;
-    if let Some(next) = sole_successor(model, id)?
-        && let Some(b) = bias_of(model, next, OutletId::new(id, 0), units)?
+    if bias_allowed
+        && let Some(next) = sole_successor(model, product)?
+        && let Some(b) = bias_of(model, next, OutletId::new(product, 0), units)?
     {
         bias = Some(b);
         nodes.push(next.id);
@@ -130,19 +153,11 @@ pub(super) fn plan_fusion(
         relu = true;
         nodes.push(next.id);
     }
-    let op = FusedDense {
-        weights: Arc::new(pack(&rows, units, k)),
-        bias: bias.map(Arc::new),
-        k,
-        units,
-        relu,
-        output_shape,
-    };
-    Ok(Some(Fusion { op, nodes }))
+    Ok((bias, relu))
 }
 
 /// The bias when `node` adds a constant with one value per unit to `x`, in the
-/// shape of `x`.
+/// shape of `x`, the units along its last axis.
 fn bias_of(
     model: &TypedModel,
     node: &TypedNode,
@@ -161,6 +176,7 @@ fn bias_of(
         || b.datum_type() != f32::datum_type()
         || b.len() != units
         || b.rank() > x_fact.rank()
+        || b.shape().last() != Some(&units)
     {
         return Ok(None);
     }

@@ -7,6 +7,7 @@
 //! - [`conv`]: convolution + ReLU + max pool in one op, with direct kernels per
 //!   instruction set (`conv/avx512.rs`, `avx2.rs`, `neon.rs`, `portable.rs`).
 //! - [`dense`]: batch-1 dense layers, their weight reads split between threads.
+//! - [`int8`]: integer convolution and dense ops for QDQ-quantized models.
 //! - [`peak`]: this core's measured multiply-add peak, the yardstick
 //!   `fennec bench --profile` sets each kernel's GFLOP/s against.
 //! - [`simd`]: the instruction-set level, detected once, and
@@ -19,6 +20,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod int8;
 pub mod peak;
 mod rewrite;
 pub mod simd;

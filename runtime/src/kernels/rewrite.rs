@@ -9,14 +9,18 @@ use tract_nnef::tract_core::ops::binary::TypedBinOp;
 use tract_nnef::tract_core::ops::math::Max;
 use tract_nnef::tract_core::tract_linalg::multithread::{Executor, current_tract_executor};
 
-use super::{conv, dense};
+use super::{conv, dense, int8};
 
 /// Replaces every convolution (+ ReLU)(+ max pool) chain the kernels handle by a
 /// [`conv::FusedConv`], and every batch-1 dense layer by a [`dense::FusedDense`];
 /// returns how many nodes were put in. Needs concrete channel and spatial sizes
 /// (the batch may stay symbolic).
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    Ok(fuse(model, "fennec-fused-conv", conv::plan_fusion)?
+    // The int8 patterns first: they start at the DequantizeLinear before the
+    // float Conv/EinSum the f32 ops would otherwise take.
+    Ok(fuse(model, "fennec-int8-conv", int8::plan_conv)?
+        + fuse(model, "fennec-int8-dense", int8::plan_dense)?
+        + fuse(model, "fennec-fused-conv", conv::plan_fusion)?
         + fuse(model, "fennec-fused-dense", dense::plan_fusion)?)
 }
 

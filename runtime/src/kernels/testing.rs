@@ -41,7 +41,7 @@ pub(crate) fn assert_rewrite_matches_tract(
 /// Both outputs of [`assert_rewrite_matches_tract`] and how many nodes the rewrite
 /// put in.
 #[cfg(feature = "onnx")]
-fn run_onnx_both(
+pub(crate) fn run_onnx_both(
     bytes: &[u8],
     input: &[usize],
     seed: u64,

@@ -388,6 +388,24 @@ impl LayerSpec {
     }
 }
 
+/// A config with every layer type, for the unit tests of the model and the exporter.
+#[cfg(test)]
+pub(crate) const EVERY_LAYER_YAML: &str = r#"
+name: every_layer
+input: {height: 9, width: 9, channels: 3}
+layers:
+  - conv2d: {filters: 4, kernel: 3, padding: same, activation: relu}
+  - batchnorm: {}
+  - maxpool2d: {size: 2, padding: same}
+  - avgpool2d: {size: 2, padding: same}
+  - dropout: {rate: 0.25}
+  - conv2d: {filters: 5, kernel: 1, activation: tanh}
+  - global_average_pool
+  - dense: {units: 6, activation: sigmoid}
+  - batchnorm: {}
+  - dense: {activation: softmax}
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

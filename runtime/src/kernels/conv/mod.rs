@@ -14,18 +14,9 @@
 //! order); ReLU and max are exact. Inference threads (`--threads`) split the
 //! output channels between tract's executor threads.
 //!
-//! 3x3 convolutions with at least [`winograd::MIN_INPUT_CHANNELS`] input
-//! channels, followed by nothing or a 2x2 max pool, can run through Winograd's
-//! F(2x2, 3x3) instead (`winograd.rs`: 2.25x fewer multiplies; its 2x2 output
-//! tiles are exactly the pool's windows), when `FENNEC_CONV=winograd` is set in
-//! the environment. It is opt-in because, as written, it measured 2.8x slower
-//! than the direct kernels on model_3's second convolution (AVX2, 2026-12-03,
-//! same binary, runs alternated): its transforms and scattered stores cost more
-//! than the multiplies it saves.
-//!
 //! Files: this one is the tract op; `packed.rs` the packed weights and the row
 //! driver that picks a kernel per instruction set; `portable.rs`, `avx2.rs`,
-//! `avx512.rs` and `neon.rs` the kernels; `winograd.rs` the Winograd path.
+//! `avx512.rs` and `neon.rs` the kernels.
 
 use std::sync::Arc;
 
@@ -45,10 +36,8 @@ mod avx512;
 mod neon;
 mod packed;
 mod portable;
-mod winograd;
 
 pub use packed::{OCB, PackedConv};
-pub use winograd::{Geometry, Winograd};
 
 /// Whether node `id` starts a chain [`FusedConv`] can run, and what it becomes.
 pub(super) fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<Fusion<FusedConv>>> {
@@ -124,25 +113,25 @@ pub(super) fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<F
         [b] => vec![*b; oc],
         b => b.to_vec(),
     };
-    let kernel = kernel.as_slice::<f32>()?;
-    let winograd = (kh == 3
-        && kw == 3
-        && ic >= winograd::MIN_INPUT_CHANNELS
-        && pool.is_none_or(|(wh, ww, _, _)| (wh, ww) == (2, 2))
-        && std::env::var("FENNEC_CONV").as_deref() == Ok("winograd"))
-    .then(|| Arc::new(Winograd::new(kernel, &bias, oc, ic, relu)));
-    let packed = PackedConv::new(kernel, Some(&bias), (oc, ic, kh, kw), relu);
+    let packed = PackedConv::new(
+        kernel.as_slice::<f32>()?,
+        Some(&bias),
+        (oc, ic, kh, kw),
+        relu,
+    );
     let op = FusedConv {
         conv: Arc::new(packed),
-        winograd,
-        input_hw: (ih, iw),
-        pad,
-        pool,
+        geo: Geometry {
+            input_hw: (ih, iw),
+            kernel_hw: (kh, kw),
+            pad,
+            pool,
+        },
     };
     Ok(Some(Fusion { op, nodes }))
 }
 
-fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
+pub(in crate::kernels) fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
     let v: Vec<usize> = dims
         .iter()
         .map(|d| d.to_usize().ok())
@@ -153,7 +142,7 @@ fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {
 /// A max pool whose windows tile the input without overlap (kernel = stride), start
 /// at the top-left corner, and may be cut short at the bottom/right edge (ONNX
 /// `ceil_mode`, TF `SAME`): `(window_h, window_w, out_h, out_w)`.
-fn pool_window(
+pub(in crate::kernels) fn pool_window(
     spec: &PoolSpec,
     with_indices: bool,
     channels: usize,
@@ -178,55 +167,29 @@ fn pool_window(
     Some((ph, pw, oh, ow))
 }
 
-/// One image as the kernels read it: padded for the direct ones, split into
-/// even and odd columns for Winograd.
-enum Source<'a> {
-    Direct(Cow<'a, [f32]>),
-    Winograd(&'a Winograd, winograd::SplitImage),
-}
-
 /// Convolution (+ ReLU) (+ max pool) on NCHW f32 images, one op.
 #[derive(Debug, Clone)]
 pub struct FusedConv {
     conv: Arc<PackedConv>,
-    /// The same weights for the Winograd path, when the layer takes it.
-    winograd: Option<Arc<Winograd>>,
-    input_hw: (usize, usize),
+    geo: Geometry,
+}
+
+/// The spatial sizes of a fused convolution (+ max pool), shared by the f32 op
+/// here and the int8 one (`kernels/int8/conv.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::kernels) struct Geometry {
+    /// Height and width of the input image, before padding.
+    pub input_hw: (usize, usize),
+    /// Height and width of the convolution kernel.
+    pub kernel_hw: (usize, usize),
     /// `(before, after)` zero padding of the height and width axes.
-    pad: [(usize, usize); 2],
+    pub pad: [(usize, usize); 2],
     /// `(window_h, window_w, out_h, out_w)` of the fused max pool, if any.
-    pool: Option<(usize, usize, usize, usize)>,
+    pub pool: Option<(usize, usize, usize, usize)>,
 }
 
-impl PartialEq for FusedConv {
-    fn eq(&self, other: &Self) -> bool {
-        // Same packed weights (by identity: comparing floats would make NaN
-        // weights unequal to themselves) and same geometry.
-        Arc::ptr_eq(&self.conv, &other.conv)
-            && self.winograd.is_some() == other.winograd.is_some()
-            && self.input_hw == other.input_hw
-            && self.pad == other.pad
-            && self.pool == other.pool
-    }
-}
-
-impl Eq for FusedConv {}
-
-impl FusedConv {
-    /// The layer's geometry for the Winograd path.
-    fn geometry(&self) -> Geometry {
-        let (oh, ow) = self.conv_hw();
-        Geometry {
-            ih: self.input_hw.0,
-            iw: self.input_hw.1,
-            top: self.pad[0].0,
-            left: self.pad[1].0,
-            oh,
-            ow,
-        }
-    }
-
-    fn padded_hw(&self) -> (usize, usize) {
+impl Geometry {
+    pub fn padded_hw(&self) -> (usize, usize) {
         let (h, w) = self.input_hw;
         (
             h + self.pad[0].0 + self.pad[0].1,
@@ -234,24 +197,50 @@ impl FusedConv {
         )
     }
 
-    fn conv_hw(&self) -> (usize, usize) {
+    /// Height and width of the convolution's output, before the pool.
+    pub fn conv_hw(&self) -> (usize, usize) {
         let (h, w) = self.padded_hw();
-        (h + 1 - self.conv.kh, w + 1 - self.conv.kw)
+        (h + 1 - self.kernel_hw.0, w + 1 - self.kernel_hw.1)
     }
 
-    fn output_hw(&self) -> (usize, usize) {
+    /// Height and width of the op's output (after the pool, if any).
+    pub fn output_hw(&self) -> (usize, usize) {
         self.pool
             .map_or_else(|| self.conv_hw(), |(_, _, oh, ow)| (oh, ow))
     }
 
+    /// The op's NCHW output shape for a batch of `n` and `oc` output channels.
+    pub fn output_shape(&self, n: &TDim, oc: usize) -> [TDim; 4] {
+        let (oh, ow) = self.output_hw();
+        [n.clone(), oc.into(), oh.into(), ow.into()]
+    }
+
+    /// Multiply-adds per image with `ic` input and `oc` output channels.
+    pub fn macs_per_image(&self, ic: usize, oc: usize) -> usize {
+        let (ch, cw) = self.conv_hw();
+        oc * ch * cw * ic * self.kernel_hw.0 * self.kernel_hw.1
+    }
+}
+
+impl PartialEq for FusedConv {
+    fn eq(&self, other: &Self) -> bool {
+        // Same packed weights (by identity: comparing floats would make NaN
+        // weights unequal to themselves) and same geometry.
+        Arc::ptr_eq(&self.conv, &other.conv) && self.geo == other.geo
+    }
+}
+
+impl Eq for FusedConv {}
+
+impl FusedConv {
     /// The image with its zero border, or the image itself when there is none.
     fn padded<'a>(&self, image: &'a [f32]) -> Cow<'a, [f32]> {
-        if self.pad == [(0, 0); 2] {
+        if self.geo.pad == [(0, 0); 2] {
             return Cow::Borrowed(image);
         }
-        let (h, w) = self.input_hw;
-        let (ph, pw) = self.padded_hw();
-        let (top, left) = (self.pad[0].0, self.pad[1].0);
+        let (h, w) = self.geo.input_hw;
+        let (ph, pw) = self.geo.padded_hw();
+        let (top, left) = (self.geo.pad[0].0, self.geo.pad[1].0);
         let mut out = vec![0.0; self.conv.ic * ph * pw];
         for (c, channel) in image.chunks_exact(h * w).enumerate() {
             for (y, row) in channel.chunks_exact(w).enumerate() {
@@ -266,10 +255,10 @@ impl FusedConv {
     /// channel planes.
     fn run_blocks(&self, input: &[f32], blocks: std::ops::Range<usize>, out: &mut [f32]) {
         let c = &*self.conv;
-        let (ih, iw) = self.padded_hw();
-        let (ch, cw) = self.conv_hw();
+        let (ih, iw) = self.geo.padded_hw();
+        let (ch, cw) = self.geo.conv_hw();
         let first = blocks.start * OCB;
-        match self.pool {
+        match self.geo.pool {
             None => {
                 let plane = ch * cw;
                 for y in 0..ch {
@@ -305,16 +294,13 @@ impl FusedConv {
         let c = &self.conv;
         let mut s = format!(
             "{}x{} conv {}->{} channels, pad {:?}",
-            c.kh, c.kw, c.ic, c.oc, self.pad
+            c.kh, c.kw, c.ic, c.oc, self.geo.pad
         );
         if c.relu {
             s += ", relu";
         }
-        if let Some((wh, ww, _, _)) = self.pool {
+        if let Some((wh, ww, _, _)) = self.geo.pool {
             s += &format!(", {wh}x{ww} max pool");
-        }
-        if self.winograd.is_some() {
-            s += ", winograd F(2x2,3x3)";
         }
         s
     }
@@ -322,7 +308,7 @@ impl FusedConv {
     /// The op on a batch `[n, ic, h, w]`.
     fn run(&self, input: &Tensor) -> TractResult<Tensor> {
         let c = &*self.conv;
-        let (h, w) = self.input_hw;
+        let (h, w) = self.geo.input_hw;
         ensure!(
             input.datum_type() == f32::datum_type()
                 && input.rank() == 4
@@ -333,7 +319,7 @@ impl FusedConv {
             input.shape()
         );
         let n = input.shape()[0];
-        let (oh, ow) = self.output_hw();
+        let (oh, ow) = self.geo.output_hw();
         let mut output = Tensor::zero::<f32>(&[n, c.oc, oh, ow])?;
         let input = input.try_as_plain_ram()?;
         let input = input.as_slice::<f32>()?;
@@ -353,17 +339,10 @@ impl FusedConv {
             .chunks_exact(c.ic * h * w)
             .zip(out.chunks_mut(c.oc * plane))
         {
-            let source = match &self.winograd {
-                Some(w) => Source::Winograd(w, w.split(image, self.geometry())),
-                None => Source::Direct(self.padded(image)),
-            };
-            let pooled = self.pool.map(|(_, _, h, w)| (h, w));
+            let padded = self.padded(image);
             let job = |(p, chunk): (usize, &mut [f32])| {
                 let blocks = p * per_part..((p + 1) * per_part).min(c.blocks());
-                match &source {
-                    Source::Winograd(w, split) => w.run(split, pooled, blocks, chunk),
-                    Source::Direct(padded) => self.run_blocks(padded, blocks, chunk),
-                }
+                self.run_blocks(&padded, blocks, chunk)
             };
             let chunk = per_part * OCB * plane;
             match &threads {
@@ -413,20 +392,12 @@ fused_op!(FusedConv, "FennecConv");
 
 impl TypedOp for FusedConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (oh, ow) = self.output_hw();
-        let n = inputs[0].shape[0].clone();
-        Ok(tvec!(f32::fact([
-            n,
-            self.conv.oc.into(),
-            oh.into(),
-            ow.into()
-        ])))
+        let shape = self.geo.output_shape(&inputs[0].shape[0], self.conv.oc);
+        Ok(tvec!(f32::fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let c = &*self.conv;
-        let (ch, cw) = self.conv_hw();
-        let per_image = c.oc * ch * cw * c.ic * c.kh * c.kw;
+        let per_image = self.geo.macs_per_image(self.conv.ic, self.conv.oc);
         Ok(tvec!((
             Cost::FMA(f32::datum_type()),
             inputs[0].shape[0].clone() * per_image
@@ -534,8 +505,6 @@ mod tests {
     #[test]
     fn conv_relu_pool_with_ceil_mode_and_batch() {
         check(conv([2, 3, 23, 70], 10, [3, 3]).pool(2, 2, 1), 1);
-        // An odd conv output width: the last 2-wide window is one column.
-        check(conv([1, 3, 12, 25], 6, [3, 3]).pool(2, 2, 1), 1);
     }
 
     #[test]
@@ -562,12 +531,9 @@ mod tests {
     }
 
     #[test]
-    fn winograd_shaped_layers_match_tract() {
-        // Layers the Winograd path can take (it is opt-in, see the module doc, so
-        // this checks the direct kernels on them; `winograd.rs` checks Winograd's
-        // kernels against a direct sum on the same kinds of shape): same padding with a
-        // ceil-mode pool on odd sizes (batch 2), valid padding without a pool,
-        // and a floor-mode pool.
+    fn more_channels_odd_sizes_and_pools_match_tract() {
+        // Same padding with a ceil-mode pool on odd sizes (batch 2), valid
+        // padding without a pool, and a floor-mode pool.
         let case = conv([2, 16, 15, 21], 12, [3, 3]).pads([1, 1, 1, 1]);
         check(case.pool(2, 2, 1), 1);
         check(conv([1, 8, 9, 14], 5, [3, 3]).without_relu(), 1);

@@ -1,0 +1,296 @@
+//! A quantized convolution (+ ReLU) (+ max pool) as one tract op on 8-bit
+//! tensors.
+//!
+//! Matches `DequantizeLinear → Conv [→ Relu] → QuantizeLinear`, optionally
+//! followed by `DequantizeLinear → MaxPool → QuantizeLinear` with the same step
+//! and zero point (onnxruntime's QDQ form of conv + ReLU + pool: the ReLU is
+//! folded into the output's zero point), with the same geometry limits as the f32
+//! [`FusedConv`](crate::kernels::conv::FusedConv): stride 1, dilation 1, one
+//! group, NCHW, and a non-overlapping pool. The max of codes is the code of the
+//! max, so pooling runs on the requantized codes, a few rows at a time.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use tract_nnef::tract_core::internal::*;
+use tract_nnef::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool};
+use tract_nnef::tract_core::ops::nn::DataFormat;
+
+use super::packed::{PackedQConv, QOCB};
+use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
+use crate::kernels::conv::{Geometry, concrete, pool_window};
+use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
+
+/// Whether node `id` (a `DequantizeLinear`) starts a chain [`QConv`] runs.
+pub(in crate::kernels) fn plan_fusion(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<Fusion<QConv>>> {
+    let Some(input_q) = dequantize_params(model, model.node(id))? else {
+        return Ok(None);
+    };
+    let Some(node) = sole_successor(model, id)? else {
+        return Ok(None);
+    };
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &conv.pool_spec;
+    let x_fact = model.outlet_fact(node.inputs[0])?;
+    if node.inputs[0] != OutletId::new(id, 0)
+        || conv.q_params.is_some()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.data_format != DataFormat::NCHW
+        || spec.rank() != 2
+        || x_fact.rank() != 4
+        || (0..2).any(|a| spec.stride(a) != 1 || spec.dilation(a) != 1)
+    {
+        return Ok(None);
+    }
+    let Some([ic, ih, iw]) = concrete(&x_fact.shape[1..]) else {
+        return Ok(None);
+    };
+    let (oc, kh, kw) = (
+        spec.output_channels,
+        spec.kernel_shape[0],
+        spec.kernel_shape[1],
+    );
+    let Some(kernel) = constant(model, node.inputs[1])? else {
+        return Ok(None);
+    };
+    let bias = match node.inputs.get(2) {
+        Some(&b) => match constant(model, b)? {
+            Some(b) => Some(b),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    if kernel.datum_type() != f32::datum_type()
+        || kernel.shape() != [oc, ic, kh, kw]
+        || bias.as_ref().is_some_and(|b| {
+            b.datum_type() != f32::datum_type() || !(b.len() == oc || b.len() == 1)
+        })
+    {
+        return Ok(None);
+    }
+    let pads = spec.computed_padding(&[ih, iw]);
+    let pad = [
+        (pads[0].pad_before, pads[0].pad_after),
+        (pads[1].pad_before, pads[1].pad_after),
+    ];
+    let (oh, ow) = (pads[0].convoluted, pads[1].convoluted);
+    if oh != ih + pad[0].0 + pad[0].1 + 1 - kh || ow != iw + pad[1].0 + pad[1].1 + 1 - kw {
+        return Ok(None);
+    }
+
+    // [ReLU], then the output's QuantizeLinear.
+    let mut nodes = vec![id, node.id];
+    let mut relu = false;
+    if let Some(next) = sole_successor(model, node.id)?
+        && is_relu(model, next, OutletId::new(node.id, 0))?
+    {
+        relu = true;
+        nodes.push(next.id);
+    }
+    let Some(q_node) = sole_successor(model, *nodes.last().unwrap())? else {
+        return Ok(None);
+    };
+    let Some(output_q) = quantize_params(q_node) else {
+        return Ok(None);
+    };
+    nodes.push(q_node.id);
+
+    // DequantizeLinear → MaxPool → QuantizeLinear that gives the codes back.
+    let mut pool = None;
+    if let Some(dq) = sole_successor(model, q_node.id)?
+        && let Some(dq_params) = dequantize_params(model, dq)?
+        && let Some(p_node) = sole_successor(model, dq.id)?
+        && let Some(p) = p_node.op_as::<MaxPool>()
+        && let Some(window) =
+            pool_window(&p.pool_spec, p.with_index_outputs.is_some(), oc, (oh, ow))
+        && let Some(q2) = sole_successor(model, p_node.id)?
+        && let Some(q2_params) = quantize_params(q2)
+        && dq_params.round_trips_to(&q2_params)
+        && q2_params.act == output_q.act
+    {
+        pool = Some(window);
+        nodes.extend([dq.id, p_node.id, q2.id]);
+    }
+
+    let kernel = kernel.try_as_plain_ram()?;
+    let Some((codes, scales)) = int8_codes(kernel.as_slice::<f32>()?, ic * kh * kw) else {
+        return Ok(None);
+    };
+    let bias: Option<Vec<f32>> = match &bias {
+        Some(b) => Some(match b.try_as_plain_ram()?.as_slice::<f32>()? {
+            [b] => vec![*b; oc],
+            b => b.to_vec(),
+        }),
+        None => None,
+    };
+    let requant = Requant::new(&input_q, &scales, bias.as_deref(), relu, &output_q);
+    let op = QConv {
+        conv: Arc::new(PackedQConv::new(&codes, (oc, ic, kh, kw), requant)),
+        input: input_q,
+        output: output_q.act,
+        geo: Geometry {
+            input_hw: (ih, iw),
+            kernel_hw: (kh, kw),
+            pad,
+            pool,
+        },
+    };
+    Ok(Some(Fusion { op, nodes }))
+}
+
+/// Quantized convolution (+ ReLU) (+ max pool) on NCHW 8-bit codes, one op.
+#[derive(Debug, Clone)]
+pub struct QConv {
+    conv: Arc<PackedQConv>,
+    /// How the input is quantized.
+    input: QParams,
+    output: Act,
+    geo: Geometry,
+}
+
+impl PartialEq for QConv {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.conv, &other.conv)
+            && self.input == other.input
+            && self.output == other.output
+            && self.geo == other.geo
+    }
+}
+
+impl Eq for QConv {}
+
+impl QConv {
+    /// Output channel `blocks` (of [`QOCB`]) of one packed image into `out`,
+    /// their channel planes.
+    fn run_blocks(&self, input: &[i16], blocks: std::ops::Range<usize>, out: &mut [i16]) {
+        let c = &*self.conv;
+        let padded = self.geo.padded_hw();
+        let (ch, cw) = self.geo.conv_hw();
+        let first = blocks.start * QOCB;
+        match self.geo.pool {
+            None => {
+                let plane = ch * cw;
+                for y in 0..ch {
+                    for b in blocks.clone() {
+                        let start = (b * QOCB - first) * plane + y * cw;
+                        c.row(input, padded, y, b, &mut out[start..], plane);
+                    }
+                }
+            }
+            Some((wh, ww, oh, ow)) => {
+                let plane = oh * ow;
+                let mut rows = vec![0i16; QOCB * wh * cw];
+                for py in 0..oh {
+                    let window = py * wh..((py + 1) * wh).min(ch);
+                    for b in blocks.clone() {
+                        for (r, y) in window.clone().enumerate() {
+                            c.row(input, padded, y, b, &mut rows[r * cw..], wh * cw);
+                        }
+                        for (k, o) in c.block_channels(b).enumerate() {
+                            let channel = &rows[k * wh * cw..][..window.len() * cw];
+                            let dst = &mut out[(o - first) * plane + py * ow..][..ow];
+                            pool_rows(channel, cw, ww, dst);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one line `fennec bench --profile` shows for the node.
+    fn describe(&self) -> String {
+        let c = &self.conv;
+        let mut s = format!(
+            "int8 {}x{} conv {}->{} channels, pad {:?}",
+            c.kh, c.kw, c.ic, c.oc, self.geo.pad
+        );
+        if let Some((wh, ww, _, _)) = self.geo.pool {
+            s += &format!(", {wh}x{ww} max pool");
+        }
+        s
+    }
+
+    /// The op on a batch `[n, ic, h, w]` of codes.
+    fn run(&self, input: &Tensor) -> TractResult<Tensor> {
+        let c = &*self.conv;
+        let (h, w) = self.geo.input_hw;
+        ensure!(
+            input.datum_type() == self.input.act.datum_type()
+                && input.rank() == 4
+                && input.shape()[1..] == [c.ic, h, w],
+            "FennecQConv expects {:?} [N, {}, {h}, {w}], got {:?} {:?}",
+            self.input.act.datum_type(),
+            c.ic,
+            input.datum_type(),
+            input.shape()
+        );
+        let n = input.shape()[0];
+        let (oh, ow) = self.geo.output_hw();
+        let plane = oh * ow;
+        let centred = self.input.act.centred(input, self.input.zero_point)?;
+        let mut out = vec![0i16; n * c.oc * plane];
+        let threads = inference_pool();
+        let parts = threads
+            .as_ref()
+            .map_or(1, |p| p.current_num_threads())
+            .clamp(1, c.blocks());
+        let per_part = c.blocks().div_ceil(parts);
+        for (image, out_image) in centred
+            .chunks_exact(c.ic * h * w)
+            .zip(out.chunks_mut(c.oc * plane))
+        {
+            let packed = c.pack_input(image, (h, w), self.geo.pad);
+            let job = |(p, chunk): (usize, &mut [i16])| {
+                let blocks = p * per_part..((p + 1) * per_part).min(c.blocks());
+                self.run_blocks(&packed, blocks, chunk)
+            };
+            let chunk = per_part * QOCB * plane;
+            match &threads {
+                Some(pool) if parts > 1 => {
+                    pool.install(|| out_image.par_chunks_mut(chunk).enumerate().for_each(job))
+                }
+                _ => out_image.chunks_mut(chunk).enumerate().for_each(job),
+            }
+        }
+        self.output.tensor(&[n, c.oc, oh, ow], &out)
+    }
+}
+
+/// Max over the rows of `rows` (each `w` wide), then over windows of `ww`
+/// columns (the last one may be short) into `out`.
+fn pool_rows(rows: &[i16], w: usize, ww: usize, out: &mut [i16]) {
+    for (x, o) in out.iter_mut().enumerate() {
+        let cols = x * ww..((x + 1) * ww).min(w);
+        *o = rows
+            .chunks_exact(w)
+            .flat_map(|r| &r[cols.clone()])
+            .copied()
+            .max()
+            .unwrap_or(i16::MIN);
+    }
+}
+
+fused_op!(QConv, "FennecQConv");
+
+impl TypedOp for QConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = self.geo.output_shape(&inputs[0].shape[0], self.conv.oc);
+        Ok(tvec!(self.output.datum_type().fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let per_image = self.geo.macs_per_image(self.conv.ic, self.conv.oc);
+        Ok(tvec!((
+            Cost::FMA(i32::datum_type()),
+            inputs[0].shape[0].clone() * per_image
+        )))
+    }
+
+    as_op!();
+}
