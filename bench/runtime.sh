@@ -14,6 +14,11 @@
 #             ratio is against the best of those.                target: ratio >= 2
 #   rss       peak RSS of `fennec eval` (defaults) on RSS_IMAGES images, hard links
 #             to the folder's JPEGs in $WORK.                   target: <= 300 MB
+#   profile   once, after the repetitions: `fennec bench --profile` (per node: ms,
+#             GFLOP/s, share of this CPU's measured multiply-add peak, GB/s of
+#             weights) beside onnxruntime's own per-node profile (ort_profile.py),
+#             for each export and thread count; `fennec eval --profile` on the
+#             folder (decode, resize, inference, waiting).
 # Each number is the median over REPS repetitions, [min-max] beside it.
 #
 # Peers: set up once as ../shared/peers/README.md says (venv, then the data and
@@ -25,14 +30,14 @@
 # Environment (all optional):
 #   PEERS_HOME   peer venv, models, data            [/work/peers]
 #   PEERS_SRC    peer scripts                       [<repo>/../shared/peers]
-#   PARTS        what to measure                    ["latency folder rss"]
+#   PARTS        what to measure                    ["latency folder rss profile"]
 #   MODELS       exports for latency                ["torch keras"]
 #   THREADS      thread counts for latency          ["1 2"]
 #   REPS         repetitions                        [3]
 #   RUNS/WARMUP  timed / untimed latency runs       [200 / 20]
 #   FOLDER       JPEG folder (<class>/<images>)     [$PEERS_HOME/data/synth224_big/test]
 #   FOLDER_MODEL model for folder and rss           [torch]
-#   ORT_FOLDER   ort_bench folder configurations    ["t1b1 t2b1 t1b16"] (tT = --threads, bB = --batch)
+#   ORT_FOLDER   ort_bench folder configurations    ["t1b1 t2b1 t1b16 t2b16"] (tT = --threads, bB = --batch)
 #   RSS_IMAGES   images in the RSS folder           [20000]
 #   WORK         scratch folder (RSS folder, logs)  [a new /tmp/fennec-bench-runtime.*]
 #   NO_BUILD=1   use target/release/fennec as it is
@@ -44,7 +49,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS_HOME=${PEERS_HOME:-/work/peers}
 PEERS_SRC=${PEERS_SRC:-$(cd "$ROOT/.." && pwd)/shared/peers}
 PY=$PEERS_HOME/venv/bin/python
-PARTS=${PARTS:-"latency folder rss"}
+PARTS=${PARTS:-"latency folder rss profile"}
 MODELS=${MODELS:-"torch keras"}
 THREADS=${THREADS:-"1 2"}
 REPS=${REPS:-3}
@@ -52,7 +57,7 @@ RUNS=${RUNS:-200}
 WARMUP=${WARMUP:-20}
 FOLDER=${FOLDER:-$PEERS_HOME/data/synth224_big/test}
 FOLDER_MODEL=${FOLDER_MODEL:-torch}
-ORT_FOLDER=${ORT_FOLDER:-"t1b1 t2b1 t1b16"}
+ORT_FOLDER=${ORT_FOLDER:-"t1b1 t2b1 t1b16 t2b16"}
 RSS_IMAGES=${RSS_IMAGES:-20000}
 WORK=${WORK:-$(mktemp -d /tmp/fennec-bench-runtime.XXXXXX)}
 BIN=$ROOT/target/release/fennec
@@ -146,10 +151,27 @@ rss() {
     record rss "images/s" fennec "$rep" "$(jq '.images_per_second' "$WORK/rss.$rep.json")" "$l"
 }
 
+profile() {
+    local model t tag
+    for model in $MODELS; do
+        for t in $THREADS; do
+            tag=$WORK/profile.$model.t$t
+            say "profile $model threads=$t: fennec, then onnxruntime"
+            "$BIN" bench "$(model_path "$model")" --threads "$t" --runs "$RUNS" --warmup "$WARMUP" \
+                --profile > "$tag.fennec.txt" 2>&1
+            "$PY" "$PEERS_SRC/ort_profile.py" --model "$(model_path "$model")" --threads "$t" \
+                --runs "$RUNS" --warmup "$WARMUP" > "$tag.ort.txt" 2>&1
+        done
+    done
+    say "profile fennec eval --profile on the folder"
+    "$BIN" eval "$(model_path "$FOLDER_MODEL")" "$FOLDER" --quiet --profile > "$WORK/profile.eval.txt" 2>&1
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for rep in $(seq 1 "$REPS"); do
     for part in $PARTS; do
         case $part in
+            profile) ;; # once, below
             latency)
                 for model in $MODELS; do
                     for t in $THREADS; do
@@ -158,10 +180,11 @@ for rep in $(seq 1 "$REPS"); do
                 done ;;
             folder) for tool in $(order "$rep"); do folder "$rep" "$tool"; done ;;
             rss) rss "$rep" ;;
-            *) die "unknown part '$part' (latency, folder, rss)" ;;
+            *) die "unknown part '$part' (latency, folder, rss, profile)" ;;
         esac
     done
 done
+[[ " $PARTS " == *" profile "* ]] && profile
 
 echo
 echo "## fennec vs onnxruntime ($(date -u +%Y-%m-%dT%H:%MZ); $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs); load at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg); $REPS reps)"
@@ -219,3 +242,11 @@ if r:
         cell(ips, "{:.1f}") if ips else "?", cell(r, "{:.1f}"), "yes" if max(r) <= 300 else "no",
         load_range("rss")))
 EOF
+if [[ " $PARTS " == *" profile "* ]]; then
+    for f in "$WORK"/profile.*.fennec.txt; do
+        echo; echo "### $(basename "$f" .fennec.txt): fennec bench --profile"; echo '```'
+        sed -n '/^this CPU/,$p' "$f"; echo '```'
+        echo "onnxruntime (ort_profile.py):"; echo '```'; cat "${f%.fennec.txt}.ort.txt"; echo '```'
+    done
+    echo; echo "### fennec eval --profile"; echo '```'; sed -n '/^where the/,$p' "$WORK/profile.eval.txt"; echo '```'
+fi

@@ -343,10 +343,15 @@ impl Classifier {
                 .nodes()
                 .iter()
                 .filter(|node| seconds[node.id] > 0.0)
-                .map(|node| NodeTime {
-                    node: node.name.clone(),
-                    op: node.op.name().to_string(),
-                    ms: seconds[node.id] * 1000.0 / runs.max(1) as f64,
+                .map(|node| {
+                    let (flops, param_bytes) = node_cost(plan.model(), node);
+                    NodeTime {
+                        node: node.name.clone(),
+                        op: node.op.name().to_string(),
+                        ms: seconds[node.id] * 1000.0 / runs.max(1) as f64,
+                        flops,
+                        param_bytes,
+                    }
                 })
                 .collect();
             nodes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
@@ -354,6 +359,24 @@ impl Classifier {
         };
         guard_tract(path, profile)
     }
+}
+
+/// FLOPs (2 x multiply-adds) and constant parameter bytes of one run of `node`,
+/// from its op's cost model (zeros where the op reports none).
+fn node_cost(model: &TypedModel, node: &TypedNode) -> (f64, f64) {
+    let (mut flops, mut bytes) = (0.0, 0.0);
+    let Ok(inputs) = model.node_input_facts(node.id) else {
+        return (flops, bytes);
+    };
+    for (cost, n) in node.op.cost(&inputs).unwrap_or_default() {
+        let Ok(n) = n.to_i64() else { continue };
+        match cost {
+            Cost::FMA(_) => flops += 2.0 * n as f64,
+            Cost::Params(dt) => bytes += (n as usize * dt.size_of()) as f64,
+            _ => {}
+        }
+    }
+    (flops, bytes)
 }
 
 /// Runs tract work on the model at `path`: its errors and its panics (tract asserts
@@ -379,6 +402,12 @@ pub struct NodeTime {
     pub op: String,
     /// Milliseconds per inference.
     pub ms: f64,
+    /// FLOPs per inference (2 x multiply-adds, from the op's cost model; 0 when
+    /// it reports none).
+    pub flops: f64,
+    /// Bytes of constant parameters (weights) the op reads per inference, where
+    /// its cost model reports them (fennec's dense op does); 0 otherwise.
+    pub param_bytes: f64,
 }
 
 /// Sets how many threads tract uses for one inference (matrix products and
@@ -393,6 +422,15 @@ pub fn set_inference_threads(n: usize) {
     }
     let _ = n;
     set_default_executor(Executor::SingleThread);
+}
+
+/// How many threads one inference uses now (see [`set_inference_threads`]).
+pub fn inference_threads() -> usize {
+    use tract_nnef::tract_core::tract_linalg::multithread::{Executor, current_tract_executor};
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads(),
+        _ => 1,
+    }
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

@@ -15,6 +15,9 @@
 //! - [`folder`]: `<root>/<class>/<images>` folders and command-line file lists.
 //! - [`pipeline`]: parallel decoding overlapped with batched inference.
 //! - [`metrics`]: accuracy, precision, recall, F1, confusion matrix.
+//! - [`shard`], [`part`], [`predictions`]: scoring a folder in shards, merging
+//!   their partial reports, resuming a killed run; [`report`]: the HTML report
+//!   (feature `report`). How to run them on a scheduler: docs/scale-out.md.
 //! - [`atomic`]: files written whole or not at all.
 //! - [`progress`]: the one progress-bar look of both binaries.
 //! - [`serve`]: `fennec serve`, the classifier behind HTTP (feature `serve`).
@@ -36,14 +39,19 @@ pub mod metadata;
 pub mod metrics;
 #[cfg(feature = "onnx")]
 pub mod onnx_writer;
+pub mod part;
 pub mod pipeline;
+pub mod predictions;
 pub mod preprocess;
 pub mod progress;
 #[cfg(feature = "onnx")]
 pub mod quantize;
+#[cfg(feature = "report")]
+pub mod report;
 pub mod scores;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod shard;
 pub mod watch;
 
 pub use classifier::{Classifier, LoadOptions, ModelInfo, Source};

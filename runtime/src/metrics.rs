@@ -71,12 +71,32 @@ impl Evaluation {
     /// Records one image; returns the predicted class.
     pub fn add(&mut self, truth: usize, probs: &[f32]) -> usize {
         let ranked = top_k(probs, self.k);
-        let predicted = ranked[0];
+        self.record(truth, ranked[0], ranked.contains(&truth));
+        ranked[0]
+    }
+
+    /// Records one image ranked elsewhere (e.g. read back from a predictions file):
+    /// its predicted class, and whether the truth was among the top k.
+    pub fn record(&mut self, truth: usize, predicted: usize, top_k_hit: bool) {
         self.confusion[truth][predicted] += 1;
-        if ranked.contains(&truth) {
-            self.top_k_hits += 1;
+        self.top_k_hits += u64::from(top_k_hit);
+    }
+
+    /// Images whose true class was among the top k.
+    pub fn top_k_hits(&self) -> u64 {
+        self.top_k_hits
+    }
+
+    /// Adds raw counts of the same labels and k (a shard's) to this evaluation.
+    /// The caller checks the shapes; a mismatch panics.
+    pub fn absorb(&mut self, confusion: &[Vec<u64>], top_k_hits: u64) {
+        assert_eq!(confusion.len(), self.confusion.len(), "same classes");
+        for (mine, theirs) in self.confusion.iter_mut().zip(confusion) {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
         }
-        predicted
+        self.top_k_hits += top_k_hits;
     }
 
     pub fn summary(&self) -> Summary {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use fennec_runtime::classifier::{NodeTime, set_inference_threads};
+use fennec_runtime::kernels::peak::core_peak_gflops;
 use serde::Serialize;
 
 use super::ModelArgs;
@@ -38,7 +39,9 @@ pub struct BenchArgs {
     warmup: u32,
 
     /// Also time every node of the plan (after the latency runs, `--runs` more
-    /// inferences) and list them slowest first: where the time goes.
+    /// inferences) and list them slowest first: where the time goes, with each
+    /// node's GFLOP/s, its share of this CPU's measured multiply-add peak (per
+    /// core, times the threads), and the GB/s of weights it streams.
     #[arg(long)]
     profile: bool,
 
@@ -114,14 +117,19 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
     }
 
+    // Measured after the timed runs, so that it does not warm or cool them.
+    let peak = args.profile.then(core_peak_gflops);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "model": classifier.info.path,
             "load_ms": load_ms,
             "input_shape": classifier.preprocess.batch_shape(1),
             "results": results,
         });
+        if let Some(peak) = peak {
+            v["core_peak_gflops"] = peak.into();
+        }
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -156,6 +164,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         out,
         "\n(latencies in ms per inference call of `batch` images)"
     )?;
+    if let Some(peak) = peak {
+        writeln!(
+            out,
+            "\nthis CPU's multiply-add peak, measured: {peak:.1} GFLOP/s per core \
+             ({}); % peak = GFLOP/s / (that x threads)",
+            fennec_runtime::kernels::simd::isa().describe()
+        )?;
+    }
     for r in &results {
         let Some(nodes) = &r.profile else { continue };
         let total: f64 = nodes.iter().map(|n| n.ms).sum();
@@ -164,12 +180,31 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             "\nprofile, threads {} batch {}: {total:.3} ms in the nodes",
             r.threads, r.batch
         )?;
-        let mut t = Table::new(["ms", "%", "op", "node"]);
+        let mut t = Table::new(["ms", "%", "GFLOP/s", "% peak", "GB/s", "op", "node"]);
+        let peak = peak.unwrap_or(f64::NAN) * f64::from(r.threads);
         for n in nodes {
             let share = 100.0 * n.ms / total.max(1e-12);
+            let per_second = |amount: f64| amount / (n.ms * 1e-3) / 1e9;
+            let gflops = per_second(n.flops);
+            let (gflops_cell, peak_cell) = if n.flops > 0.0 {
+                (
+                    format!("{gflops:.1}"),
+                    format!("{:.0}", 100.0 * gflops / peak),
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            let gbs = if n.param_bytes > 0.0 {
+                format!("{:.1}", per_second(n.param_bytes))
+            } else {
+                String::new()
+            };
             t.row([
                 format!("{:.3}", n.ms),
                 format!("{share:.1}"),
+                gflops_cell,
+                peak_cell,
+                gbs,
                 n.op.clone(),
                 n.node.clone(),
             ]);

@@ -1,5 +1,6 @@
 //! `fennec eval MODEL DIR`: score a labelled folder and report per-class metrics.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,11 +10,15 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use fennec_runtime::atomic::write_atomic;
 use fennec_runtime::folder::{Skipped, scan_class_folders};
-use fennec_runtime::metrics::{Evaluation, Summary};
-use fennec_runtime::pipeline::classify_files;
+use fennec_runtime::metrics::Summary;
+use fennec_runtime::part::{EvalPart, RunIdentity, Tally, file_sha256};
+use fennec_runtime::pipeline::{PipelineTimes, classify_files};
+use fennec_runtime::predictions::{Header, Prediction, PredictionsFile};
+use fennec_runtime::scores::top_k;
 use fennec_runtime::{Classifier, Source};
 use serde::Serialize;
 
+use super::scale_out::{ScaleArgs, key_under};
 use super::table::Table;
 use super::{ModelArgs, RunArgs, f4, print_defaults_note};
 
@@ -30,6 +35,28 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     top_k: u32,
 
+    #[command(flatten)]
+    out: OutputArgs,
+
+    /// Write misclassified files as CSV: file, true label, predicted label, confidence.
+    #[arg(long, value_name = "PATH")]
+    misclassified: Option<PathBuf>,
+
+    /// Also print where the wall time went: decoding, resizing, inference, and
+    /// each side waiting for the other (which one is the bottleneck).
+    #[arg(long)]
+    profile: bool,
+
+    #[command(flatten)]
+    scale: ScaleArgs,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The report's outputs, shared by `eval` and `merge`.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
     /// Write the full report as JSON to PATH; `--json` alone or `--json -` prints it
     /// on stdout instead of the table.
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "-")]
@@ -39,26 +66,29 @@ pub struct EvalArgs {
     #[arg(long, value_name = "PATH")]
     csv: Option<PathBuf>,
 
-    /// Write misclassified files as CSV: file, true label, predicted label, confidence.
-    #[arg(long, value_name = "PATH")]
-    misclassified: Option<PathBuf>,
-
-    #[command(flatten)]
-    run: RunArgs,
+    /// Write an HTML report into folder DIR: index.html (self-contained, no
+    /// network), the confusion matrix as a heat map, per-class bars and the most
+    /// confident mistakes of each class as thumbnails.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 /// The JSON report.
 #[derive(Serialize)]
 struct Report<'a> {
     model: &'a Path,
+    model_sha256: &'a str,
     dir: &'a Path,
-    files: usize,
+    files: u64,
     scored: u64,
     skipped: &'a [Skipped],
     seconds: f64,
     images_per_second: f64,
     #[serde(flatten)]
     summary: &'a Summary,
+    /// With `eval --profile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<&'a PipelineTimes>,
 }
 
 struct Miss {
@@ -69,6 +99,7 @@ struct Miss {
 }
 
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
+    let shard = args.scale.shard();
     let classifier = args.model.load()?;
     print_defaults_note(&classifier);
     let folders = scan_class_folders(&args.dir)?;
@@ -79,71 +110,235 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             args.dir.display()
         );
     }
-    let files: Vec<PathBuf> = folders.files.iter().map(|(p, _)| p.clone()).collect();
-    let mut skipped = folders.skipped.clone();
-    let mut eval = Evaluation::new(classifier.labels.clone(), args.top_k as usize);
-    let mut misses = Vec::new();
+    let labels = &classifier.labels;
+    let model = &classifier.info.path;
+    let id = RunIdentity {
+        model: model.clone(),
+        model_sha256: file_sha256(model)?,
+        model_info: serde_json::to_value(&classifier.info)?,
+        labels: labels.clone(),
+        preprocess: classifier.preprocess.clone(),
+        top_k: args.top_k as usize,
+        dir: args.dir.clone(),
+        shard,
+        listed: folders.files.len() as u64,
+    };
+    let mut predictions = match &args.scale.predictions {
+        Some(path) => {
+            let k = (args.top_k as usize).clamp(1, labels.len().max(1));
+            let header = Header::new(id.model_sha256.clone(), labels.clone(), k, shard);
+            Some(PredictionsFile::open(path, &header, args.scale.resume)?)
+        }
+        None => None,
+    };
+    let mut tally = Tally::new(id);
+    let root = [args.dir.as_path()];
+    for s in folders.skipped {
+        if shard.contains(&key_under(&s.path, &root)) {
+            tally.skip(s);
+        }
+    }
 
+    // This shard's files: replayed from the predictions file, or to score.
+    let mut misses = Vec::new();
+    // Files to score, and beside each its shard key and true class.
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut todo: Vec<(String, usize)> = Vec::new();
+    let label_ix: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    for (path, class) in folders.files {
+        let key = key_under(&path, &root);
+        if !shard.contains(&key) {
+            continue;
+        }
+        tally.count_file();
+        let truth = to_label[class];
+        let done = predictions.as_mut().and_then(|(_, done)| done.remove(&key));
+        match done {
+            Some(p) => {
+                replay(&mut tally, &mut misses, p, path, truth, &label_ix).with_context(|| {
+                    let file = args.scale.predictions.as_deref().unwrap_or(Path::new("?"));
+                    format!("{}: cannot resume", file.display())
+                })?
+            }
+            None => {
+                files.push(path);
+                todo.push((key, truth));
+            }
+        }
+    }
+    let (mut predictions, stale) = match predictions {
+        Some((file, done)) => (Some(file), done.len()),
+        None => (None, 0),
+    };
+    if stale > 0 {
+        eprintln!(
+            "note: {stale} lines of the predictions file name files not in this shard of {}; ignored",
+            args.dir.display()
+        );
+    }
+
+    let k = tally.k();
     let bar = args.run.progress(files.len() as u64, "eval");
     let start = Instant::now();
-    classify_files(&classifier, &files, &args.run.pipeline(), |ix, outcome| {
+    let mut append_result = Ok(());
+    let times = classify_files(&classifier, &files, &args.run.pipeline(), |ix, outcome| {
         bar.inc(1);
-        let truth = to_label[folders.files[ix].1];
-        match outcome {
+        let (path, (key, truth)) = (&files[ix], &todo[ix]);
+        let line = match outcome {
             Ok(probs) => {
-                let predicted = eval.add(truth, &probs);
-                if predicted != truth {
+                let ranked = top_k(&probs, k);
+                let predicted = ranked[0];
+                let confidence = probs[predicted];
+                tally.scored(
+                    key,
+                    path,
+                    *truth,
+                    predicted,
+                    confidence,
+                    ranked.contains(truth),
+                );
+                if predicted != *truth {
                     misses.push(Miss {
-                        file: files[ix].clone(),
-                        truth,
+                        file: path.clone(),
+                        truth: *truth,
                         predicted,
-                        confidence: probs[predicted],
+                        confidence,
                     });
                 }
+                Prediction {
+                    file: key.clone(),
+                    truth: labels[*truth].clone(),
+                    predicted: Some(labels[predicted].clone()),
+                    confidence: Some(confidence),
+                    top_k: Some(ranked.iter().map(|&c| labels[c].clone()).collect()),
+                    skipped: None,
+                    reason: None,
+                }
             }
-            Err(e) => skipped.push(Skipped {
-                path: files[ix].clone(),
-                kind: e.kind().into(),
-                reason: e.to_string(),
-            }),
+            Err(e) => {
+                let skipped = Skipped {
+                    path: path.clone(),
+                    kind: e.kind().into(),
+                    reason: e.to_string(),
+                };
+                let line = Prediction {
+                    file: key.clone(),
+                    truth: labels[*truth].clone(),
+                    predicted: None,
+                    confidence: None,
+                    top_k: None,
+                    skipped: Some(skipped.kind.clone()),
+                    reason: Some(skipped.reason.clone()),
+                };
+                tally.skip(skipped);
+                line
+            }
+        };
+        if let (Some(out), Ok(())) = (predictions.as_mut(), &append_result) {
+            append_result = out.append(&line);
         }
     })?;
+    append_result?;
     bar.finish_and_clear();
-    let seconds = start.elapsed().as_secs_f64();
-    let summary = eval.summary();
-    if summary.images == 0 {
+    let part = tally.finish(start.elapsed().as_secs_f64(), &args.run.pipeline().limits);
+    if part.scored() == 0 && shard.count == 1 {
         bail!(
             "{}: none of the {} images could be scored (first: {})",
             args.dir.display(),
-            files.len(),
-            skipped.first().map_or("?".into(), |s| s.reason.clone())
+            part.files,
+            part.skipped
+                .first()
+                .map_or("?".into(), |s| s.reason.clone())
         );
     }
-    let report = Report {
-        model: &classifier.info.path,
-        dir: &args.dir,
-        files: files.len(),
-        scored: summary.images,
-        skipped: &skipped,
-        seconds,
-        images_per_second: summary.images as f64 / seconds.max(1e-9),
-        summary: &summary,
-    };
+    if let Some(path) = &args.scale.part {
+        write_atomic(path, |w| {
+            serde_json::to_writer(&mut *w, &part).map_err(Into::into)
+        })
+        .with_context(|| format!("{}: cannot write the partial report", path.display()))?;
+    }
+    if let Some(path) = &args.misclassified {
+        write_atomic(path, |w| write_misses(w, &misses, labels))
+            .with_context(|| format!("{}: cannot write misclassified list", path.display()))?;
+    }
+    write_outputs(&args.out, &part, args.profile.then_some(&times))?;
+    Ok(ExitCode::SUCCESS)
+}
 
-    let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
-    if let Some(path) = args.json.as_deref().filter(|_| !json_to_stdout) {
+/// Counts a file already scored by an earlier run, from its predictions line.
+fn replay(
+    tally: &mut Tally,
+    misses: &mut Vec<Miss>,
+    p: Prediction,
+    path: PathBuf,
+    truth: usize,
+    label_ix: &HashMap<&str, usize>,
+) -> Result<()> {
+    if let (Some(kind), Some(reason)) = (p.skipped, p.reason) {
+        tally.skip(Skipped { path, kind, reason });
+        return Ok(());
+    }
+    let (Some(predicted), Some(confidence), Some(ranked)) = (p.predicted, p.confidence, p.top_k)
+    else {
+        bail!("line for {} has neither a prediction nor a reason", p.file);
+    };
+    let Some(&predicted) = label_ix.get(predicted.as_str()) else {
+        bail!("line for {} predicts unknown label '{predicted}'", p.file);
+    };
+    let hit = ranked
+        .iter()
+        .any(|l| label_ix.get(l.as_str()) == Some(&truth));
+    tally.scored(&p.file, &path, truth, predicted, confidence, hit);
+    if predicted != truth {
+        misses.push(Miss {
+            file: path,
+            truth,
+            predicted,
+            confidence,
+        });
+    }
+    Ok(())
+}
+
+/// Prints the report of `part` (a table, or JSON with `--json`) and writes the
+/// files `out` asks for: what `eval` and `merge` both end with (`profile`: eval's
+/// `--profile`).
+pub fn write_outputs(
+    out_args: &OutputArgs,
+    part: &EvalPart,
+    profile: Option<&PipelineTimes>,
+) -> Result<()> {
+    let summary = part.summary();
+    let report = Report {
+        model: &part.model,
+        model_sha256: &part.model_sha256,
+        dir: &part.dir,
+        files: part.files,
+        scored: summary.images,
+        skipped: &part.skipped,
+        seconds: part.seconds,
+        images_per_second: summary.images as f64 / part.seconds.max(1e-9),
+        summary: &summary,
+        profile,
+    };
+    let json_to_stdout = out_args.json.as_deref() == Some(Path::new("-"));
+    if let Some(path) = out_args.json.as_deref().filter(|_| !json_to_stdout) {
         write_atomic(path, |w| {
             serde_json::to_writer_pretty(&mut *w, &report).map_err(Into::into)
         })
         .with_context(|| format!("{}: cannot write JSON report", path.display()))?;
     }
-    if let Some(path) = &args.csv {
+    if let Some(path) = &out_args.csv {
         write_atomic(path, |w| write_class_csv(w, &summary))
             .with_context(|| format!("{}: cannot write CSV", path.display()))?;
     }
-    if let Some(path) = &args.misclassified {
-        write_atomic(path, |w| write_misses(w, &misses, &classifier.labels))
-            .with_context(|| format!("{}: cannot write misclassified list", path.display()))?;
+    if let Some(dir) = &out_args.report {
+        write_report(dir, part)?;
     }
     let mut out = std::io::stdout().lock();
     if json_to_stdout {
@@ -151,8 +346,25 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         writeln!(out)?;
     } else {
         write_tables(&mut out, &report)?;
+        if let Some(times) = profile {
+            write_profile(&mut out, times)?;
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+#[cfg(feature = "report")]
+fn write_report(dir: &Path, part: &EvalPart) -> Result<()> {
+    Ok(fennec_runtime::report::write_report(dir, part)?)
+}
+
+#[cfg(not(feature = "report"))]
+fn write_report(dir: &Path, _part: &EvalPart) -> Result<()> {
+    bail!(
+        "{}: this fennec was built without the `report` feature (the lite build); \
+         write a --part and run `fennec merge PART --report DIR` with a full build",
+        dir.display()
+    )
 }
 
 /// Folder class names → label indices. By name when every folder is a label; when
@@ -188,6 +400,34 @@ fn map_classes(dir: &Path, folders: &[String], c: &Classifier) -> Result<Vec<usi
         c.labels.join(", "),
         unknown.join(", ")
     )
+}
+
+/// `--profile`: the pipeline's time, and what each side of it waited for.
+fn write_profile(out: &mut dyn Write, t: &PipelineTimes) -> std::io::Result<()> {
+    let threads = fennec_runtime::classifier::inference_threads();
+    writeln!(
+        out,
+        "\nwhere the {:.2} s went ({} decode threads, {threads} inference threads):",
+        t.wall_s, t.decode_threads
+    )?;
+    let share = |s: f64| format!("{:.0} %", 100.0 * s / t.wall_s.max(1e-9));
+    let mut table = Table::new(["stage", "seconds", "of wall time"]);
+    for (stage, s) in [
+        ("decode (thread-seconds)", t.decode_s),
+        ("resize + normalise (thread-seconds)", t.resize_s),
+        ("inference", t.infer_s),
+        ("inference waiting for images", t.infer_waiting_s),
+        ("decoders waiting for inference", t.decode_waiting_s),
+    ] {
+        table.row([stage.to_string(), format!("{s:.2}"), share(s)]);
+    }
+    table.write(out)?;
+    let bottleneck = if t.infer_waiting_s > t.decode_waiting_s {
+        "decoding: add decode threads or give inference fewer"
+    } else {
+        "inference: decoding keeps up"
+    };
+    writeln!(out, "bottleneck: {bottleneck}")
 }
 
 fn write_tables(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {

@@ -8,12 +8,14 @@ mod compare;
 mod convert;
 mod eval;
 mod info;
+mod merge;
 mod model;
 mod predict;
 #[cfg(feature = "onnx")]
 mod quantize;
 #[cfg(feature = "serve")]
 mod serve;
+mod scale_out;
 mod table;
 mod watch;
 
@@ -48,6 +50,9 @@ pub enum Cli {
     Eval(eval::EvalArgs),
     /// Measure load time, latency percentiles and throughput on random inputs.
     Bench(bench::BenchArgs),
+    /// Add up the partial reports of `eval --shard i/n --part PATH` into the report
+    /// of the whole folder, exactly as one `eval` would print it.
+    Merge(merge::MergeArgs),
     /// Write an ONNX classifier as a tract NNEF archive (.nnef.tgz) for the lite
     /// build, with its labels and preprocessing.
     #[cfg(feature = "onnx")]
@@ -72,6 +77,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cli::Predict(a) => predict::run(a),
         Cli::Eval(a) => eval::run(a),
         Cli::Bench(a) => bench::run(a),
+        Cli::Merge(a) => merge::run(a),
         #[cfg(feature = "onnx")]
         Cli::Convert(a) => convert::run(a),
         #[cfg(feature = "serve")]

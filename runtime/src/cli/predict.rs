@@ -10,7 +10,10 @@ use clap::Args;
 use fennec_runtime::folder::expand_inputs;
 use fennec_runtime::pipeline::classify_files;
 use fennec_runtime::scores::top_k;
+use fennec_runtime::shard::Shard;
 use serde_json::json;
+
+use super::scale_out::key_under;
 
 use super::{ModelArgs, RunArgs, print_defaults_note};
 
@@ -34,6 +37,12 @@ pub struct PredictArgs {
     #[arg(long)]
     json: bool,
 
+    /// Score only shard INDEX of COUNT of the files (0-based), or auto/COUNT from
+    /// $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID. A file's shard depends only on
+    /// its path relative to the directory given (or its path as given).
+    #[arg(long, value_name = "INDEX/COUNT")]
+    shard: Option<Shard>,
+
     #[command(flatten)]
     run: RunArgs,
 }
@@ -41,7 +50,16 @@ pub struct PredictArgs {
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
     let classifier = args.model.load()?;
     print_defaults_note(&classifier);
-    let (files, skipped) = expand_inputs(&args.inputs)?;
+    let (mut files, skipped) = expand_inputs(&args.inputs)?;
+    if let Some(shard) = args.shard {
+        let roots: Vec<&std::path::Path> = args
+            .inputs
+            .iter()
+            .filter(|p| p.is_dir())
+            .map(|p| p.as_path())
+            .collect();
+        files.retain(|f| shard.contains(&key_under(f, &roots)));
+    }
     for s in &skipped {
         eprintln!("skipped: {}", s.reason);
     }

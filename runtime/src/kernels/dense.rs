@@ -1,13 +1,21 @@
-//! A batch-1 dense layer that uses every inference thread.
+//! A batch-1 dense layer that streams its weights once, on every inference thread.
 //!
 //! At batch 1 a dense layer is a matrix-vector product: model_3's first one reads
 //! a 96,800 x 128 weight matrix (49.6 MB) per image, so its time is memory
 //! bandwidth. tract runs it on one thread whatever `--threads` says (its
-//! threading gate counts panels, and 128 outputs make too few), while one core
-//! here streams ~25 GB/s and two ~48 GB/s. This pass replaces such a product
-//! (an `EinSum` of the image's features with constant weights, batch axis 1),
-//! with the bias `Add` and ReLU that may follow it, by one [`FusedDense`] node
-//! whose output rows are split between the executor's threads.
+//! threading gate counts panels, and 128 outputs make too few) and reads the
+//! weights row by row, re-reading the input vector for every few rows. This pass
+//! replaces such a product (an `EinSum` of the image's features with constant
+//! weights, batch axis 1), with the bias `Add` and ReLU that may follow it, by one
+//! [`FusedDense`] node.
+//!
+//! The weights are packed once, when the plan is made, in panels of [`PANEL`]
+//! units: for each input value, the panel's 16 weights sit side by side, so one
+//! sequential pass over the matrix feeds all of a panel's accumulators and every
+//! cache line fetched is used whole. Each panel is cut into chunks of [`CHUNK`]
+//! input values; the (panel, chunk) pieces are shared between the executor's
+//! threads and their partial sums added in a fixed order, so results do not
+//! depend on the thread count.
 //!
 //! Plans are made per batch size (see `Classifier::plan`), so only batch-1 plans
 //! get this node; bigger batches stay with tract's matrix product, which reuses
@@ -24,10 +32,15 @@ use tract_nnef::tract_core::ops::math::Add;
 use super::rewrite::{Fusion, fused_op, inference_pool, is_relu, other_input, sole_successor};
 use super::simd::simd_fn;
 
-/// Weight rows computed together: each load of the input vector serves this many rows.
-const ROWS: usize = 4;
-/// Accumulator lanes per row (a multiple of every SIMD width in use).
-const LANES: usize = 16;
+/// Units per panel of packed weights (a multiple of every SIMD width in use: one
+/// AVX-512 register, two AVX2 ones, four NEON ones).
+pub const PANEL: usize = 16;
+/// Input values per piece of work: 256 KB of weights, enough to amortise handing
+/// a piece to a thread, small enough to balance two or four threads on 8 panels.
+pub const CHUNK: usize = 4096;
+/// Independent accumulator sets per panel, so that consecutive multiply-adds do
+/// not wait on each other.
+const SETS: usize = 4;
 /// Smallest weight matrix worth threading: below it, waking a thread costs more
 /// than the rows it would take.
 const MIN_PARALLEL_WEIGHTS: usize = 1 << 16;
@@ -104,7 +117,7 @@ pub(super) fn plan_fusion(
     let mut nodes = vec![id];
     let (bias, relu) = bias_and_relu(model, &mut nodes, units, true)?;
     let op = FusedDense {
-        weights: Arc::new(rows),
+        weights: Arc::new(pack(&rows, units, k)),
         bias: bias.map(Arc::new),
         k,
         units,
@@ -170,11 +183,21 @@ fn bias_of(
     Ok(Some(b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))
 }
 
-/// `relu(W x + b)` for one input vector, `W` in rows of `k` weights.
-///
-/// The rows stay as they are: reading `ROWS` rows side by side (four streams)
-/// measured faster than interleaving them into one stream, and faster than 2 or
-/// 8 rows at a time.
+/// Row-major weights (`units` rows of `k`) as panels of [`PANEL`] units,
+/// `[panel][k][PANEL]`, the units past the last one zero.
+fn pack(rows: &[f32], units: usize, k: usize) -> Vec<f32> {
+    let panels = units.div_ceil(PANEL);
+    let mut packed = vec![0.0; panels * k * PANEL];
+    for (u, row) in rows.chunks_exact(k).enumerate() {
+        let panel = &mut packed[u / PANEL * k * PANEL..][..k * PANEL];
+        for (slot, &w) in panel.iter_mut().skip(u % PANEL).step_by(PANEL).zip(row) {
+            *slot = w;
+        }
+    }
+    packed
+}
+
+/// `relu(W x + b)` for one input vector, `W` packed by [`pack`].
 #[derive(Debug, Clone)]
 pub struct FusedDense {
     weights: Arc<Vec<f32>>,
@@ -201,25 +224,17 @@ impl PartialEq for FusedDense {
 impl Eq for FusedDense {}
 
 impl FusedDense {
-    /// Units `first..first + out.len()` into `out`.
-    fn run_rows(&self, x: &[f32], first: usize, out: &mut [f32]) {
-        let k = self.k;
-        for (i, chunk) in out.chunks_mut(ROWS).enumerate() {
-            let row = first + i * ROWS;
-            let w = &self.weights[row * k..(row + chunk.len()) * k];
-            let mut sums = [0.0f32; ROWS];
-            if chunk.len() == ROWS {
-                sums = dot_rows::<ROWS>(w, k, x);
-            } else {
-                for (s, w) in sums.iter_mut().zip(w.chunks_exact(k)) {
-                    *s = dot_rows::<1>(w, k, x)[0];
-                }
-            }
-            for (j, (o, sum)) in chunk.iter_mut().zip(sums).enumerate() {
-                let v = sum + self.bias.as_ref().map_or(0.0, |b| b[row + j]);
-                *o = if self.relu { v.max(0.0) } else { v };
-            }
-        }
+    /// Pieces of work per panel: chunks of [`CHUNK`] input values.
+    fn chunks(&self) -> usize {
+        self.k.div_ceil(CHUNK).max(1)
+    }
+
+    /// The partial sums of piece `piece` (panel-major) for input `x`.
+    fn piece(&self, x: &[f32], piece: usize) -> [f32; PANEL] {
+        let (panel, chunk) = (piece / self.chunks(), piece % self.chunks());
+        let inputs = chunk * CHUNK..((chunk + 1) * CHUNK).min(self.k);
+        let w = &self.weights[(panel * self.k + inputs.start) * PANEL..][..inputs.len() * PANEL];
+        panel_dot(w, &x[inputs])
     }
 
     /// The one line `fennec bench --profile` shows for the node.
@@ -248,53 +263,64 @@ impl FusedDense {
         let mut output = Tensor::zero::<f32>(&self.output_shape)?;
         let mut view = output.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
+        let pieces = self.units.div_ceil(PANEL) * self.chunks();
         let pool = inference_pool().filter(|_| self.weights.len() >= MIN_PARALLEL_WEIGHTS);
-        match pool {
-            Some(pool) => {
-                // Whole blocks of ROWS per part, one part per thread.
-                let threads = pool.current_num_threads().max(1);
-                let per_part = self.units.div_ceil(ROWS).div_ceil(threads) * ROWS;
-                pool.install(|| {
-                    out.par_chunks_mut(per_part)
-                        .enumerate()
-                        .for_each(|(p, chunk)| self.run_rows(x, p * per_part, chunk))
-                })
+        let partials: Vec<[f32; PANEL]> = match pool {
+            // Consecutive pieces are consecutive weights: rayon hands each thread
+            // runs of them, so each thread streams its own stretch of the matrix.
+            Some(pool) => pool.install(|| {
+                (0..pieces)
+                    .into_par_iter()
+                    .map(|p| self.piece(x, p))
+                    .collect()
+            }),
+            None => (0..pieces).map(|p| self.piece(x, p)).collect(),
+        };
+        for (panel, parts) in partials.chunks_exact(self.chunks()).enumerate() {
+            let units = panel * PANEL..((panel + 1) * PANEL).min(self.units);
+            for (l, unit) in units.enumerate() {
+                let sum: f32 = parts.iter().map(|p| p[l]).sum();
+                let v = sum + self.bias.as_ref().map_or(0.0, |b| b[unit]);
+                out[unit] = if self.relu { v.max(0.0) } else { v };
             }
-            None => self.run_rows(x, 0, out),
         }
         Ok(output)
     }
 }
 
 simd_fn! {
-    /// Dot products of the `R` rows of `w` (each `k` long) with `x`.
+    /// The [`PANEL`] dot products of a run of packed weights (`x.len()` groups of
+    /// [`PANEL`], one per input value) with `x`.
     ///
     /// Plain loops over fixed-size lane arrays, which LLVM turns into SIMD code for
-    /// whatever the version is compiled for (the slices are cut to one length first
-    /// so that no bounds check is left in the loop). Sums run in a fixed order, so
-    /// results do not depend on the thread count.
-    fn dot_rows<const R: usize>(w: &[f32], k: usize, x: &[f32]) -> [f32; R] {
-        let full = k / LANES * LANES;
-        let xs = x[..full].as_chunks::<LANES>().0;
-        let rows: [&[[f32; LANES]]; R] =
-            std::array::from_fn(|j| &w[j * k..j * k + full].as_chunks::<LANES>().0[..xs.len()]);
-        let mut acc = [[0.0f32; LANES]; R];
-        // Indexed loops on purpose: written with iterators (zip over the rows), LLVM
-        // keeps the accumulators in memory and the product runs 2x slower.
+    /// whatever the version is compiled for (the slices are cut to whole blocks
+    /// first so that no bounds check is left in the loop). Multiplies and adds stay
+    /// separate (no fused multiply-add, which the baseline lacks): the loop waits
+    /// on memory, not arithmetic, and every version rounds the same way.
+    fn panel_dot(w: &[f32], x: &[f32]) -> [f32; PANEL] {
+        let xs = x.as_chunks::<SETS>().0;
+        let full = xs.len() * SETS;
+        let ws = w[..full * PANEL].as_chunks::<PANEL>().0.as_chunks::<SETS>().0;
+        let ws = &ws[..xs.len()];
+        let mut acc = [[0.0f32; PANEL]; SETS];
+        // Indexed loops on purpose: written with iterators (zips), LLVM kept the
+        // accumulators in memory in an earlier version of this kernel.
         #[allow(clippy::needless_range_loop)]
         for i in 0..xs.len() {
-            let xv = xs[i];
-            for j in 0..R {
-                let wv = rows[j][i];
-                for l in 0..LANES {
-                    acc[j][l] += wv[l] * xv[l];
+            for s in 0..SETS {
+                let xv = xs[i][s];
+                let wv = ws[i][s];
+                for l in 0..PANEL {
+                    acc[s][l] += wv[l] * xv;
                 }
             }
         }
-        std::array::from_fn(|j| {
-            let tail: f32 = (full..k).map(|i| w[j * k + i] * x[i]).sum();
-            acc[j].iter().sum::<f32>() + tail
-        })
+        for (i, &xv) in x.iter().enumerate().skip(full) {
+            for l in 0..PANEL {
+                acc[0][l] += w[i * PANEL + l] * xv;
+            }
+        }
+        std::array::from_fn(|l| acc.iter().map(|a| a[l]).sum())
     }
 }
 
@@ -306,10 +332,15 @@ impl TypedOp for FusedDense {
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        Ok(tvec!((
-            Cost::FMA(f32::datum_type()),
-            (self.k * self.units).into()
-        )))
+        // The weights are read once per inference: `fennec bench --profile` shows
+        // the node's GB/s from this.
+        Ok(tvec!(
+            (Cost::FMA(f32::datum_type()), (self.k * self.units).into()),
+            (
+                Cost::Params(f32::datum_type()),
+                (self.k * self.units).into()
+            )
+        ))
     }
 
     as_op!();
@@ -317,23 +348,24 @@ impl TypedOp for FusedDense {
 
 #[cfg(all(test, feature = "onnx"))]
 mod tests {
-    use super::{ROWS, dot_rows};
+    use super::{CHUNK, PANEL, pack, panel_dot};
     use crate::kernels::testing::{assert_rewrite_matches_tract, rnd};
     use crate::metadata::ModelMetadata;
     use crate::onnx_writer::{Attr, GraphBuilder};
 
-    /// `x [n, 4, 5, 6] -> Flatten -> Gemm (transB, bias) [-> Relu] -> Gemm [2 units]`:
+    /// `x [n, c, h, w] -> Flatten -> Gemm (transB, bias) [-> Relu] -> Gemm [2 units]`:
     /// a PyTorch-style classifier head.
-    fn torch_head(relu: bool, units: usize) -> Vec<u8> {
+    fn torch_head(relu: bool, units: usize, [c, h, w]: [i64; 3]) -> Vec<u8> {
+        let k = (c * h * w) as usize;
         let mut g = GraphBuilder::new("t");
-        g.input("x", &[None, Some(4), Some(5), Some(6)]);
-        let w = g.weight("w", &[units as i64, 120], &rnd(units * 120, 1));
+        g.input("x", &[None, Some(c), Some(h), Some(w)]);
+        let w1 = g.weight("w", &[units as i64, k as i64], &rnd(units * k, 1));
         let b = g.weight("b", &[units as i64], &rnd(units, 2));
         let w2 = g.weight("w2", &[2, units as i64], &rnd(2 * units, 3));
         let flat = g.node("Flatten", &["x"], vec![("axis", Attr::Int(1))], None);
         let mut y = g.node(
             "Gemm",
-            &[&flat, &w, &b],
+            &[&flat, &w1, &b],
             vec![("transB", Attr::Int(1))],
             None,
         );
@@ -374,9 +406,14 @@ mod tests {
 
     #[test]
     fn batch_one_heads_match_tract() {
-        // 37 units: blocks of ROWS with a short last one, split unevenly between threads.
-        check(&torch_head(true, 37), &[1, 4, 5, 6], 2);
-        check(&torch_head(false, 8), &[1, 4, 5, 6], 2);
+        // 37 units: panels with a short last one; 120 inputs: one chunk, no full
+        // accumulator block at the end.
+        check(&torch_head(true, 37, [4, 5, 6]), &[1, 4, 5, 6], 2);
+        check(&torch_head(false, 8, [4, 5, 6]), &[1, 4, 5, 6], 2);
+        // 9,246 inputs: two full chunks and a short one, split between threads.
+        let k = 6 * 23 * 67;
+        assert!(k > 2 * CHUNK && k % CHUNK != 0);
+        check(&torch_head(true, 21, [6, 23, 67]), &[1, 6, 23, 67], 2);
     }
 
     #[test]
@@ -385,27 +422,36 @@ mod tests {
     }
 
     #[test]
-    fn portable_and_simd_dot_products_agree_with_a_plain_sum() {
+    fn packing_puts_each_panel_in_input_order() {
+        // 3 units of 2 inputs: one panel, units side by side per input, zeros after.
+        let packed = pack(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2);
+        assert_eq!(packed.len(), 2 * PANEL);
+        assert_eq!(packed[..3], [1.0, 3.0, 5.0]);
+        assert_eq!(packed[PANEL..PANEL + 3], [2.0, 4.0, 6.0]);
+        assert!(
+            packed[3..PANEL]
+                .iter()
+                .chain(&packed[PANEL + 3..])
+                .all(|&w| w == 0.0)
+        );
+    }
+
+    #[test]
+    fn portable_and_simd_panel_products_agree_with_a_plain_sum() {
         // Both code paths on every CPU: the portable body is what ARM runs.
-        for k in [1, 15, 16, 17, 100, 1000] {
-            let w = rnd(ROWS * k, k as u64);
+        for k in [1, 3, 4, 5, 17, 100, 1000] {
+            let rows = rnd(PANEL * k, k as u64);
             let x = rnd(k, 99);
-            let want: Vec<f64> = w
+            let want: Vec<f64> = rows
                 .chunks_exact(k)
                 .map(|r| r.iter().zip(&x).map(|(a, b)| (a * b) as f64).sum())
                 .collect();
-            let four = dot_rows::portable::<ROWS>(&w, k, &x);
-            let one: Vec<f32> = w
-                .chunks_exact(k)
-                .map(|r| dot_rows::portable::<1>(r, k, &x)[0])
-                .collect();
-            let simd = dot_rows::<ROWS>(&w, k, &x);
-            for j in 0..ROWS {
-                for got in [four[j], one[j], simd[j]] {
+            let w = pack(&rows, PANEL, k);
+            for got in [panel_dot::portable(&w, &x), panel_dot(&w, &x)] {
+                for (l, (g, want)) in got.iter().zip(&want).enumerate() {
                     assert!(
-                        (got as f64 - want[j]).abs() < 1e-4,
-                        "k {k} row {j}: {got} vs {}",
-                        want[j]
+                        (*g as f64 - want).abs() < 1e-4,
+                        "k {k} unit {l}: {g} vs {want}"
                     );
                 }
             }
@@ -414,6 +460,6 @@ mod tests {
 
     #[test]
     fn bigger_batches_stay_with_tract() {
-        check(&torch_head(true, 37), &[3, 4, 5, 6], 0);
+        check(&torch_head(true, 37, [4, 5, 6]), &[3, 4, 5, 6], 0);
     }
 }

@@ -8,6 +8,8 @@
 //!   instruction set (`conv/avx512.rs`, `avx2.rs`, `neon.rs`, `portable.rs`).
 //! - [`dense`]: batch-1 dense layers, their weight reads split between threads.
 //! - [`int8`]: integer convolution and dense ops for QDQ-quantized models.
+//! - [`peak`]: this core's measured multiply-add peak, the yardstick
+//!   `fennec bench --profile` sets each kernel's GFLOP/s against.
 //! - [`simd`]: the instruction-set level, detected once, and
 //!   [`simd_fn!`](simd::simd_fn), the one way (shared with the trainer) to
 //!   compile a loop for several of them.
@@ -19,6 +21,7 @@
 pub mod conv;
 pub mod dense;
 pub mod int8;
+pub mod peak;
 mod rewrite;
 pub mod simd;
 #[cfg(test)]

@@ -52,6 +52,16 @@ fn detect() -> Isa {
 }
 
 impl Isa {
+    /// The level's name for people (bench output).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Isa::Portable if cfg!(target_arch = "aarch64") => "NEON",
+            Isa::Portable => "baseline SIMD",
+            Isa::Avx2Fma => "AVX2+FMA",
+            Isa::Avx512 => "AVX-512",
+        }
+    }
+
     /// Whether this CPU runs code compiled for this level.
     pub fn supported(self) -> bool {
         self <= isa()
