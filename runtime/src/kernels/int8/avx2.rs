@@ -1,45 +1,73 @@
 //! The int8 kernels for x86-64 with AVX2: `vpmaddwd` multiplies i16 pairs and
-//! adds each pair into an i32 lane (exact for 8-bit codes; see `packed.rs`).
+//! adds each pair into an i32 lane (exact for 8-bit codes; see `packed.rs`),
+//! and the requantization runs 8 lanes at a time.
 
 use std::arch::x86_64::*;
 
-use super::packed::{QOCB, QTile};
+use super::packed::{NV, OCT, PX, QTile};
 
-/// [`QOCB`] channels x `P` pixels at column `x`; the same sums as
-/// `portable::tile`.
+/// [`OCT`] channels x [`PX`] pixels at column `x`, requantized: channel `j` to
+/// `out[j * stride + x..][..PX]`; the same codes as `portable::tile`.
+///
+/// `OCT x NV` accumulators of 8 pixels stay in registers over all pairs; each
+/// pair loads the `NV` vectors of input pairs once and broadcasts each channel's
+/// weight pair. Requantization is the scalar one, 8 lanes at a time: `sum as
+/// f32 * scale` rounded half to even (the default rounding mode of
+/// `vcvtps2dq`), clamped to the output range before rounding (the same as after,
+/// the bounds being integers; and it keeps large values off `vcvtps2dq`'s
+/// out-of-range answer).
 #[target_feature(enable = "avx2")]
-pub(super) fn tile<const P: usize>(t: &QTile, x: usize) -> [[i32; QOCB]; P] {
-    let mut acc = [[_mm256_setzero_si256(); 2]; P];
-    for ky in 0..t.kh {
-        let w = t.row_weights(ky);
-        // Bounds checked once per kernel row: every pixel's source run.
-        let src: [&[i16]; P] = std::array::from_fn(|p| t.source(ky, x + p));
-        assert!(w.len() == t.steps * 2 * QOCB);
-        for j in 0..t.steps {
-            // SAFETY: `w` holds `steps` runs of 2 x QOCB = 32 i16 (checked above),
-            // and each source run holds `2 * steps` i16 (from `source`).
-            unsafe {
-                let wp = w.as_ptr().add(j * 2 * QOCB);
-                let w0 = _mm256_loadu_si256(wp as *const __m256i);
-                let w1 = _mm256_loadu_si256(wp.add(QOCB) as *const __m256i);
-                for (acc, src) in acc.iter_mut().zip(&src) {
-                    let pair = (src.as_ptr().add(2 * j) as *const i32).read_unaligned();
-                    let v = _mm256_set1_epi32(pair);
-                    acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(v, w0));
-                    acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(v, w1));
+pub(super) fn tile(t: &QTile, x: usize, out: &mut [i16], stride: usize) {
+    assert!(x + PX <= t.cols && t.weights.len() == t.offsets.len() * OCT * 2);
+    assert!(out.len() >= (OCT - 1) * stride + x + PX, "output too short");
+    let mut acc = [[_mm256_setzero_si256(); NV]; OCT];
+    let base = t.data.as_ptr();
+    let weights = t.weights.as_ptr() as *const i32;
+    for (p, &off) in t.offsets.iter().enumerate() {
+        // SAFETY: `off + x + PX <= off + cols` pairs lie inside `data` (a
+        // `QTile` invariant) and `weights` holds `OCT` pairs per offset (checked
+        // above).
+        unsafe {
+            let src = base.add(2 * (off + x));
+            let v: [__m256i; NV] =
+                std::array::from_fn(|i| _mm256_loadu_si256(src.add(16 * i) as *const __m256i));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let w = _mm256_set1_epi32(weights.add(p * OCT + j).read_unaligned());
+                for (a, &v) in acc.iter_mut().zip(&v) {
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(v, w));
                 }
             }
         }
     }
-    let mut out = [[0i32; QOCB]; P];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        // SAFETY: `o` holds 16 i32, two 8-lane stores.
-        unsafe {
-            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, a[0]);
-            _mm256_storeu_si256(o.as_mut_ptr().add(8) as *mut __m256i, a[1]);
+    let r = t.requant;
+    let lo = _mm256_set1_ps((r.lo - r.zero_point) as f32);
+    let hi = _mm256_set1_ps((r.hi - r.zero_point) as f32);
+    let zero_point = _mm256_set1_epi32(r.zero_point);
+    for (j, acc) in acc.iter().enumerate() {
+        let bias = _mm256_set1_epi32(t.bias[j]);
+        let scale = _mm256_set1_ps(t.scale[j]);
+        let codes: [__m256i; NV] = std::array::from_fn(|i| {
+            let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[i], bias));
+            let v = _mm256_max_ps(_mm256_min_ps(_mm256_mul_ps(sum, scale), hi), lo);
+            _mm256_add_epi32(_mm256_cvtps_epi32(v), zero_point)
+        });
+        let dst = &mut out[j * stride + x..][..PX];
+        for (i, d) in dst.chunks_exact_mut(16).enumerate() {
+            // Codes fit i16: the pack does not saturate; the permute puts the
+            // two vectors' halves back in order.
+            let packed = _mm256_packs_epi32(codes[2 * i], codes[2 * i + 1]);
+            let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+            // SAFETY: `d` holds 16 i16.
+            unsafe { _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, v) };
+        }
+        if NV % 2 == 1 {
+            let last = codes[NV - 1];
+            let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(last, last));
+            let d = &mut dst[PX - 8..];
+            // SAFETY: `d` holds 8 i16.
+            unsafe { _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(v)) };
         }
     }
-    out
 }
 
 /// Dot products of the `R` rows of `w` (int8 codes, each `k` long) with `x`;

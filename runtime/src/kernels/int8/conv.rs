@@ -16,10 +16,11 @@ use tract_nnef::tract_core::internal::*;
 use tract_nnef::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool};
 use tract_nnef::tract_core::ops::nn::DataFormat;
 
-use super::packed::{PackedQConv, QOCB};
+use super::packed::{OCT, PackedInput, PackedQConv, RowScratch};
 use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
 use crate::kernels::conv::{Geometry, concrete, pool_window};
 use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
+use crate::kernels::simd::simd_fn;
 
 /// Whether node `id` (a `DequantizeLinear`) starts a chain [`QConv`] runs.
 pub(in crate::kernels) fn plan_fusion(
@@ -130,6 +131,9 @@ pub(in crate::kernels) fn plan_fusion(
         None => None,
     };
     let requant = Requant::new(&input_q, &scales, bias.as_deref(), relu, &output_q);
+    if !requant.is_finite() {
+        return Ok(None);
+    }
     let op = QConv {
         conv: Arc::new(PackedQConv::new(&codes, (oc, ic, kh, kw), requant)),
         input: input_q,
@@ -166,37 +170,42 @@ impl PartialEq for QConv {
 impl Eq for QConv {}
 
 impl QConv {
-    /// Output channel `blocks` (of [`QOCB`]) of one packed image into `out`,
-    /// their channel planes.
-    fn run_blocks(&self, input: &[i16], blocks: std::ops::Range<usize>, out: &mut [i16]) {
+    /// Output channel `blocks` (of [`OCT`]) of one packed image into `out`, their
+    /// channel planes of codes (`u8`, or `i8` as bytes).
+    fn run_blocks(&self, input: &PackedInput, blocks: std::ops::Range<usize>, out: &mut [u8]) {
         let c = &*self.conv;
-        let padded = self.geo.padded_hw();
-        let (ch, cw) = self.geo.conv_hw();
-        let first = blocks.start * QOCB;
+        let (ch, cw, cols) = (input.oh, input.ow, input.cols);
+        let first = blocks.start * OCT;
+        let channels = first..(blocks.end * OCT).min(c.oc);
+        // One output row of the blocks: [block][OCT][cols] codes.
+        let size = blocks.len() * OCT * cols;
+        let mut scratch = RowScratch::default();
         match self.geo.pool {
             None => {
                 let plane = ch * cw;
+                let mut rows = vec![0i16; size];
                 for y in 0..ch {
-                    for b in blocks.clone() {
-                        let start = (b * QOCB - first) * plane + y * cw;
-                        c.row(input, padded, y, b, &mut out[start..], plane);
+                    c.row(input, y, blocks.clone(), &mut scratch, &mut rows);
+                    for (k, o) in channels.clone().enumerate() {
+                        let dst = &mut out[(o - first) * plane + y * cw..][..cw];
+                        narrow(&rows[k * cols..][..cw], dst);
                     }
                 }
             }
             Some((wh, ww, oh, ow)) => {
                 let plane = oh * ow;
-                let mut rows = vec![0i16; QOCB * wh * cw];
+                let mut rows = vec![0i16; wh * size];
+                let mut max = vec![0i16; cw];
                 for py in 0..oh {
                     let window = py * wh..((py + 1) * wh).min(ch);
-                    for b in blocks.clone() {
-                        for (r, y) in window.clone().enumerate() {
-                            c.row(input, padded, y, b, &mut rows[r * cw..], wh * cw);
-                        }
-                        for (k, o) in c.block_channels(b).enumerate() {
-                            let channel = &rows[k * wh * cw..][..window.len() * cw];
-                            let dst = &mut out[(o - first) * plane + py * ow..][..ow];
-                            pool_rows(channel, cw, ww, dst);
-                        }
+                    for (r, y) in window.clone().enumerate() {
+                        let dst = &mut rows[r * size..][..size];
+                        c.row(input, y, blocks.clone(), &mut scratch, dst);
+                    }
+                    for (k, o) in channels.clone().enumerate() {
+                        let dst = &mut out[(o - first) * plane + py * ow..][..ow];
+                        let window = (k * cols, size, window.len());
+                        pool_row(&rows, window, (cw, ww), &mut max, dst);
                     }
                 }
             }
@@ -233,24 +242,28 @@ impl QConv {
         let n = input.shape()[0];
         let (oh, ow) = self.geo.output_hw();
         let plane = oh * ow;
-        let centred = self.input.act.centred(input, self.input.zero_point)?;
-        let mut out = vec![0i16; n * c.oc * plane];
+        let view = input.try_as_plain_ram()?;
+        let signed = self.input.act == Act::I8;
+        let mut output = Tensor::zero_dt(self.output.datum_type(), &[n, c.oc, oh, ow])?;
+        let mut out_view = output.try_as_plain_ram_mut()?;
         let threads = inference_pool();
         let parts = threads
             .as_ref()
             .map_or(1, |p| p.current_num_threads())
             .clamp(1, c.blocks());
         let per_part = c.blocks().div_ceil(parts);
-        for (image, out_image) in centred
+        for (image, out_image) in view
+            .as_bytes()
             .chunks_exact(c.ic * h * w)
-            .zip(out.chunks_mut(c.oc * plane))
+            .zip(out_view.as_bytes_mut().chunks_mut(c.oc * plane))
         {
-            let packed = c.pack_input(image, (h, w), self.geo.pad);
-            let job = |(p, chunk): (usize, &mut [i16])| {
+            let zero_point = self.input.zero_point;
+            let packed = c.pack_input(image, signed, zero_point, (h, w), self.geo.pad);
+            let job = |(p, chunk): (usize, &mut [u8])| {
                 let blocks = p * per_part..((p + 1) * per_part).min(c.blocks());
                 self.run_blocks(&packed, blocks, chunk)
             };
-            let chunk = per_part * QOCB * plane;
+            let chunk = per_part * OCT * plane;
             match &threads {
                 Some(pool) if parts > 1 => {
                     pool.install(|| out_image.par_chunks_mut(chunk).enumerate().for_each(job))
@@ -258,21 +271,52 @@ impl QConv {
                 _ => out_image.chunks_mut(chunk).enumerate().for_each(job),
             }
         }
-        self.output.tensor(&[n, c.oc, oh, ow], &out)
+        drop(out_view);
+        Ok(output)
     }
 }
 
-/// Max over the rows of `rows` (each `w` wide), then over windows of `ww`
-/// columns (the last one may be short) into `out`.
-fn pool_rows(rows: &[i16], w: usize, ww: usize, out: &mut [i16]) {
-    for (x, o) in out.iter_mut().enumerate() {
-        let cols = x * ww..((x + 1) * ww).min(w);
-        *o = rows
-            .chunks_exact(w)
-            .flat_map(|r| &r[cols.clone()])
-            .copied()
-            .max()
-            .unwrap_or(i16::MIN);
+simd_fn! {
+    /// Codes (in range) to their bytes.
+    fn narrow(codes: &[i16], out: &mut [u8]) {
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = c as u8;
+        }
+    }
+}
+
+simd_fn! {
+    /// One pooled output row: the max over `n` rows of `w` codes
+    /// (`rows[start + r * stride..][..w]`, `window = (start, stride, n)`), then over
+    /// windows of `ww` columns (the last one may be short), as bytes into `out`;
+    /// `max` is room for `w` codes.
+    fn pool_row(
+        rows: &[i16],
+        window: (usize, usize, usize),
+        width: (usize, usize),
+        max: &mut [i16],
+        out: &mut [u8],
+    ) {
+        let ((start, stride, n), (w, ww)) = (window, width);
+        let max = &mut max[..w];
+        max.copy_from_slice(&rows[start..][..w]);
+        for r in 1..n {
+            for (m, &v) in max.iter_mut().zip(&rows[start + r * stride..][..w]) {
+                *m = (*m).max(v);
+            }
+        }
+        if ww == 2 {
+            for (o, pair) in out.iter_mut().zip(max.chunks_exact(2)) {
+                *o = pair[0].max(pair[1]) as u8;
+            }
+            if w % 2 == 1 && out.len() > w / 2 {
+                out[w / 2] = max[w - 1] as u8;
+            }
+        } else {
+            for (o, cols) in out.iter_mut().zip(max.chunks(ww)) {
+                *o = cols.iter().copied().max().unwrap_or(0) as u8;
+            }
+        }
     }
 }
 

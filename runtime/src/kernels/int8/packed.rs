@@ -1,39 +1,89 @@
 //! An int8 convolution's weights in the layout its kernels read, the input
-//! layout they read, and the driver that computes one requantized output row.
+//! layouts they read, and the driver that computes requantized output rows.
 //!
-//! The kernels contract pairs of neighbouring values as i16 x i16 → i32 (x86's
-//! `vpmaddwd`; NEON's widening multiply-adds): exact, unlike the faster
-//! `vpmaddubsw`, whose u8 x i8 pair sums saturate at 16 bits. So the image is
-//! laid out channels-last (`[h][w][channels]`, the channel count rounded up to
-//! even) as i16 codes minus the zero point, with a zero border, and the weights
-//! as `[kh][kw * channels / 2]` steps of [`QOCB`] output channels x 2 codes: for
-//! one kernel row and one output pixel, every step reads the next two input
-//! values in memory.
+//! The kernels contract pairs of values as i16 x i16 → i32 (x86's `vpmaddwd`;
+//! NEON's widening multiply-adds): exact, unlike the twice as wide `vpmaddubsw`,
+//! whose u8 x i8 pair sums saturate at 16 bits. Every output value is a sum over
+//! `pairs` pairs of (input, weight) codes. A tile is [`OCT`] output channels x
+//! [`PX`] neighbouring pixels of one output row: for each pair it reads the
+//! `PX` input pairs of its pixels, one contiguous run (a *pair row*), and
+//! multiplies them by each channel's weight pair. Two ways to lay the input out
+//! so that a pair row is contiguous:
+//!
+//! - [`Layout::ChannelPairs`] (even or many input channels): the image is packed
+//!   once as `[h][ic / 2][w][2]` i16 (codes minus the zero point, zero border);
+//!   pair `(ky, kx, c / 2)` of output row `y` is the run at row `y + ky`, channel
+//!   pair `c / 2`, column `kx`. No copy per output row.
+//! - [`Layout::Taps`] (few, odd input channels: the first layer's RGB): the
+//!   `ic * kh * kw` taps of one output value are paired in OIHW order (27 taps →
+//!   14 pairs instead of 3x3x4 / 2 = 18), and each output row's pair rows are
+//!   built from the planar padded image (`[ic][h][w]`) before its tiles run.
+//!
+//! Images narrower than a tile get a zero right border wide enough for one tile;
+//! otherwise the row's last tile is shifted left to end at the row's end.
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::portable;
 use super::qdq::Requant;
-use crate::kernels::simd::{Isa, isa};
+use crate::kernels::simd::{Isa, isa, simd_fn};
 
-/// Output channels computed together.
-pub const QOCB: usize = 16;
-/// Output pixels computed together (with [`QOCB`] channels: 8 AVX2 accumulators).
-pub const PIXELS: usize = 4;
+/// Output channels of a tile (the weights are packed in blocks of this many).
+pub const OCT: usize = 4;
+/// Vectors of 8 pixels in a tile.
+pub const NV: usize = 2;
+/// Pixels of a tile.
+pub const PX: usize = 8 * NV;
+
+/// How a convolution's input is laid out for the kernels (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    ChannelPairs,
+    Taps,
+}
 
 /// A quantized convolution's packed weights and requantization.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedQConv {
     pub oc: usize,
     pub ic: usize,
-    /// `ic` rounded up to even: the channels of the packed input.
-    pub icp: usize,
     pub kh: usize,
     pub kw: usize,
-    /// `ceil(oc / QOCB)` blocks of `[kh][kw * icp / 2][QOCB][2]`, zero past `oc`.
+    pub layout: Layout,
+    /// Pairs summed per output value.
+    pub pairs: usize,
+    /// `ceil(oc / OCT)` blocks of `[pairs][OCT][2]` codes, zero past `oc`.
     weights: Vec<i16>,
+    /// Bias and scale of [`Requant`], zero past `oc` (up to whole blocks).
+    bias: Vec<i32>,
+    scale: Vec<f32>,
     pub requant: Requant,
     isa: Isa,
+}
+
+/// One image in the layout of a [`PackedQConv`], ready for [`PackedQConv::row`].
+#[derive(Debug, Clone)]
+pub struct PackedInput {
+    /// [`Layout::ChannelPairs`]: `[ph][ic / 2][pwa][2]`; [`Layout::Taps`]:
+    /// `[ic][ph][pwa]`. Zero in the border.
+    data: Vec<i16>,
+    /// Rows of the padded image, and its allocated width (at least one tile
+    /// wider than the kernel).
+    ph: usize,
+    pwa: usize,
+    /// Output rows and columns of the convolution.
+    pub oh: usize,
+    pub ow: usize,
+    /// Columns the tiles cover: `max(ow, PX)`.
+    pub cols: usize,
+}
+
+/// Per-thread buffers of the row driver: the pair rows of one output row
+/// ([`Layout::Taps`]) and their start offsets (in pairs).
+#[derive(Debug, Default)]
+pub struct RowScratch {
+    pair_rows: Vec<i16>,
+    offsets: Vec<usize>,
 }
 
 impl PackedQConv {
@@ -56,161 +106,262 @@ impl PackedQConv {
     ) -> PackedQConv {
         assert_eq!(codes.len(), oc * ic * kh * kw, "kernel length");
         assert_eq!(requant.scale.len(), oc, "requantization channels");
-        let icp = ic.next_multiple_of(2);
-        let steps = kw * icp / 2;
-        let mut weights = vec![0; oc.div_ceil(QOCB) * kh * steps * QOCB * 2];
+        let layout = if ic % 2 == 1 && ic < 8 {
+            Layout::Taps
+        } else {
+            Layout::ChannelPairs
+        };
+        let (taps, icp) = (ic * kh * kw, ic.next_multiple_of(2));
+        let pairs = match layout {
+            Layout::Taps => taps.div_ceil(2),
+            Layout::ChannelPairs => kh * kw * icp / 2,
+        };
+        // Where the code for slot `s` of output channel `o`'s pair rows is in
+        // `codes` (`None`: a zero slot).
+        let slot = |o: usize, s: usize| match layout {
+            // Slot `s` is tap `s` in OIHW order.
+            Layout::Taps => (s < taps).then_some(o * taps + s),
+            // Slot `s` is `(ky * kw + kx) * icp + i`.
+            Layout::ChannelPairs => {
+                let (tap, i) = (s / icp, s % icp);
+                (i < ic).then(|| ((o * ic + i) * kh + tap / kw) * kw + tap % kw)
+            }
+        };
+        let blocks = oc.div_ceil(OCT);
+        let mut weights = vec![0; blocks * pairs * OCT * 2];
         for o in 0..oc {
-            for i in 0..ic {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let k = kx * icp + i; // position in the input run of one pixel row
-                        let at = (((o / QOCB) * kh + ky) * steps + k / 2) * QOCB * 2
-                            + (o % QOCB) * 2
-                            + k % 2;
-                        weights[at] = codes[((o * ic + i) * kh + ky) * kw + kx] as i16;
-                    }
+            for s in 0..2 * pairs {
+                if let Some(at) = slot(o, s) {
+                    weights[((o / OCT * pairs + s / 2) * OCT + o % OCT) * 2 + s % 2] =
+                        codes[at] as i16;
                 }
             }
         }
+        let mut bias = requant.bias.clone();
+        let mut scale = requant.scale.clone();
+        bias.resize(blocks * OCT, 0);
+        scale.resize(blocks * OCT, 0.0);
         let isa = if isa.supported() { isa } else { Isa::Portable };
         PackedQConv {
             oc,
             ic,
-            icp,
             kh,
             kw,
+            layout,
+            pairs,
             weights,
+            bias,
+            scale,
             requant,
             isa,
         }
     }
 
     pub fn blocks(&self) -> usize {
-        self.oc.div_ceil(QOCB)
+        self.oc.div_ceil(OCT)
     }
 
-    /// Output channels of block `b` (the last block may be partial).
-    pub fn block_channels(&self, b: usize) -> std::ops::Range<usize> {
-        b * QOCB..((b + 1) * QOCB).min(self.oc)
-    }
-
-    /// One image as the kernels read it: `centred` is `[ic][h][w]` (codes minus
-    /// the zero point); the result `[pad_top + h + pad_bottom][pad_left + w +
-    /// pad_right][icp]`, zero in the border and the extra channel.
+    /// One image of 8-bit codes `[ic][h][w]` (`u8`, or `i8` as bytes when
+    /// `signed`) as the kernels read it: codes minus `zero_point`, with `pad`
+    /// rows and columns of zeros (`(before, after)` per axis).
     pub fn pack_input(
         &self,
-        centred: &[i16],
+        codes: &[u8],
+        signed: bool,
+        zero_point: i32,
         (h, w): (usize, usize),
         pad: [(usize, usize); 2],
-    ) -> Vec<i16> {
-        assert_eq!(centred.len(), self.ic * h * w, "input length");
+    ) -> PackedInput {
+        assert_eq!(codes.len(), self.ic * h * w, "input length");
         let (ph, pw) = (h + pad[0].0 + pad[0].1, w + pad[1].0 + pad[1].1);
-        let icp = self.icp;
-        let mut out = vec![0; ph * pw * icp];
-        for (c, plane) in centred.chunks_exact(h * w).enumerate() {
-            for (y, row) in plane.chunks_exact(w).enumerate() {
-                let start = ((y + pad[0].0) * pw + pad[1].0) * icp + c;
-                for (dst, &v) in out[start..].iter_mut().step_by(icp).zip(row) {
-                    *dst = v;
+        assert!(
+            ph >= self.kh && pw >= self.kw,
+            "image smaller than the kernel"
+        );
+        let (oh, ow) = (ph + 1 - self.kh, pw + 1 - self.kw);
+        let cols = ow.max(PX);
+        let pwa = cols + self.kw - 1;
+        // An i8 code `c` is the u8 `c ^ 0x80` minus 128.
+        let (flip, offset) = if signed {
+            (0x80, zero_point + 128)
+        } else {
+            (0, zero_point)
+        };
+        let offset = offset as i16; // zero points are 8-bit codes
+        let (top, left) = (pad[0].0, pad[1].0);
+        let plane = |c: usize| &codes[c * h * w..][..h * w];
+        let data = match self.layout {
+            Layout::Taps => {
+                let mut data = vec![0; self.ic * ph * pwa];
+                for c in 0..self.ic {
+                    for (y, src) in plane(c).chunks_exact(w).enumerate() {
+                        let dst = &mut data[(c * ph + top + y) * pwa + left..][..w];
+                        centre(src, flip, offset, dst);
+                    }
                 }
+                data
             }
+            Layout::ChannelPairs => {
+                let pairs = self.ic.div_ceil(2);
+                let mut data = vec![0; ph * pairs * pwa * 2];
+                for y in 0..h {
+                    for p in 0..pairs {
+                        let row = |c: usize| &plane(c)[y * w..][..w];
+                        let dst = &mut data[(((top + y) * pairs + p) * pwa + left) * 2..][..2 * w];
+                        if 2 * p + 1 < self.ic {
+                            centre_pairs(row(2 * p), row(2 * p + 1), flip, offset, dst);
+                        } else {
+                            for (d, &s) in dst.iter_mut().step_by(2).zip(row(2 * p)) {
+                                *d = (s ^ flip) as i16 - offset;
+                            }
+                        }
+                    }
+                }
+                data
+            }
+        };
+        PackedInput {
+            data,
+            ph,
+            pwa,
+            oh,
+            ow,
+            cols,
         }
-        out
     }
 
-    /// Output row `y` of the channels of `block`, requantized, from a packed
-    /// image `(ph, pw)`: channel `o` goes to `out[(o - first) * stride..][..ow]`,
-    /// `first` being the block's first channel, `ow = pw - kw + 1`.
+    /// Output row `y` of `blocks`, requantized: channel `j` of block `b` goes to
+    /// `out[((b - blocks.start) * OCT + j) * input.cols..][..input.cols]` (the
+    /// first `ow` columns are the row; rows past `oc` hold nothing of use).
     pub fn row(
         &self,
-        input: &[i16],
-        (ph, pw): (usize, usize),
+        input: &PackedInput,
         y: usize,
-        block: usize,
+        blocks: std::ops::Range<usize>,
+        scratch: &mut RowScratch,
         out: &mut [i16],
-        stride: usize,
     ) {
-        assert!(pw >= self.kw && y + self.kh <= ph, "row outside the image");
-        assert_eq!(input.len(), ph * pw * self.icp, "input length");
-        let channels = self.block_channels(block);
-        let ow = pw - self.kw + 1;
         assert!(
-            out.len() >= (channels.len() - 1) * stride + ow,
-            "output too short"
+            y < input.oh && blocks.end <= self.blocks(),
+            "row outside the output"
         );
-        let steps = self.kw * self.icp / 2;
-        let size = self.kh * steps * QOCB * 2;
-        let t = QTile {
-            input,
-            weights: &self.weights[block * size..][..size],
-            pw,
-            icp: self.icp,
-            kh: self.kh,
-            steps,
-            y,
-        };
-        let mut store = |x: usize, acc: &[[i32; QOCB]]| {
-            for (p, acc) in acc.iter().enumerate() {
-                for (k, o) in channels.clone().enumerate() {
-                    out[k * stride + x + p] = self.requant.apply(o, acc[k]);
+        let cols = input.cols;
+        assert!(out.len() >= blocks.len() * OCT * cols, "output too short");
+        let RowScratch { pair_rows, offsets } = scratch;
+        offsets.clear();
+        let data: &[i16] = match self.layout {
+            Layout::ChannelPairs => {
+                let pairs = self.ic.div_ceil(2);
+                for ky in 0..self.kh {
+                    for kx in 0..self.kw {
+                        for p in 0..pairs {
+                            offsets.push(((y + ky) * pairs + p) * input.pwa + kx);
+                        }
+                    }
                 }
+                &input.data
+            }
+            Layout::Taps => {
+                pair_rows.resize(self.pairs * cols * 2, 0);
+                let taps = self.ic * self.kh * self.kw;
+                let tap = |t: usize| {
+                    let (c, k) = (t / (self.kh * self.kw), t % (self.kh * self.kw));
+                    let start = (c * input.ph + y + k / self.kw) * input.pwa + k % self.kw;
+                    &input.data[start..][..cols]
+                };
+                for (p, dst) in pair_rows.chunks_exact_mut(2 * cols).enumerate() {
+                    if 2 * p + 1 < taps {
+                        interleave(tap(2 * p), tap(2 * p + 1), dst);
+                    } else {
+                        for (d, &a) in dst.chunks_exact_mut(2).zip(tap(2 * p)) {
+                            d[0] = a;
+                            d[1] = 0;
+                        }
+                    }
+                    offsets.push(p * cols);
+                }
+                pair_rows
             }
         };
-        // Tiles of PIXELS, the last one shifted left to end at the row's end;
-        // single pixels for rows narrower than a tile.
-        let mut x = 0;
-        if ow >= PIXELS {
-            while x < ow {
-                let start = x.min(ow - PIXELS);
-                store(start, &self.tile(&t, start));
-                x = start + PIXELS;
+        let end = offsets.iter().max().map_or(0, |m| m + cols);
+        assert!(2 * end <= data.len(), "pair rows outside the input");
+        for (k, b) in blocks.enumerate() {
+            let t = QTile {
+                data,
+                offsets,
+                cols,
+                weights: &self.weights[b * self.pairs * OCT * 2..][..self.pairs * OCT * 2],
+                bias: self.bias[b * OCT..][..OCT].try_into().unwrap(),
+                scale: self.scale[b * OCT..][..OCT].try_into().unwrap(),
+                requant: &self.requant,
+            };
+            let out = &mut out[k * OCT * cols..][..OCT * cols];
+            // Tiles of PX, the last one shifted left to end at the row's end.
+            let mut x = 0;
+            while x < cols {
+                let start = x.min(cols - PX);
+                self.tile(&t, start, out, cols);
+                x = start + PX;
             }
-        }
-        while x < ow {
-            store(x, &portable::tile::<1>(&t, x));
-            x += 1;
         }
     }
 
-    fn tile(&self, t: &QTile, x: usize) -> [[i32; QOCB]; PIXELS] {
+    fn tile(&self, t: &QTile, x: usize, out: &mut [i16], stride: usize) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2Fma` and above are only stored (see `with_isa`)
             // when the CPU has AVX2.
-            Isa::Avx2Fma | Isa::Avx512 => unsafe { avx2::tile::<PIXELS>(t, x) },
-            _ => portable::tile::<PIXELS>(t, x),
+            Isa::Avx2Fma | Isa::Avx512 => unsafe { avx2::tile(t, x, out, stride) },
+            _ => portable::tile(t, x, out, stride),
         }
     }
 }
 
-/// What a tile reads: one packed image, one block's weights, one output row.
+/// What a tile reads: the pair rows of one output row and one block's weights
+/// and requantization. Built only by [`PackedQConv::row`].
 pub(super) struct QTile<'a> {
-    /// `[ph][pw][icp]`.
-    pub input: &'a [i16],
-    /// `[kh][steps][QOCB][2]`.
+    /// Pair rows: pair `p` of the pixel at column `x` is `data[2 * (offsets[p] +
+    /// x)..][..2]`.
+    pub data: &'a [i16],
+    pub offsets: &'a [usize],
+    /// Columns of the row: `2 * (offsets[p] + cols) <= data.len()` for every
+    /// `p` (checked once per row by [`PackedQConv::row`], relied on by the
+    /// AVX2 kernel's unchecked loads).
+    pub cols: usize,
+    /// `[pairs][OCT][2]`.
     pub weights: &'a [i16],
-    pub pw: usize,
-    pub icp: usize,
-    pub kh: usize,
-    /// Pairs per kernel row: `kw * icp / 2`.
-    pub steps: usize,
-    pub y: usize,
+    pub bias: &'a [i32; OCT],
+    pub scale: &'a [f32; OCT],
+    /// Zero point and range (the block's bias and scale are above).
+    pub requant: &'a Requant,
 }
 
-impl QTile<'_> {
-    /// The `2 * steps` input values under kernel row `ky` for the output pixel at
-    /// column `x`.
-    #[inline(always)]
-    pub fn source(&self, ky: usize, x: usize) -> &[i16] {
-        let start = ((self.y + ky) * self.pw + x) * self.icp;
-        &self.input[start..start + 2 * self.steps]
+simd_fn! {
+    /// `dst[i] = (src[i] ^ flip) - offset`: 8-bit codes to centred i16.
+    fn centre(src: &[u8], flip: u8, offset: i16, dst: &mut [i16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = (s ^ flip) as i16 - offset;
+        }
     }
+}
 
-    /// The weights of kernel row `ky`: `steps` x [`QOCB`] x 2.
-    #[inline(always)]
-    pub fn row_weights(&self, ky: usize) -> &[i16] {
-        let size = self.steps * QOCB * 2;
-        &self.weights[ky * size..][..size]
+simd_fn! {
+    /// [`centre`] of two rows, interleaved: `dst[2i] = a[i]`, `dst[2i + 1] = b[i]`.
+    fn centre_pairs(a: &[u8], b: &[u8], flip: u8, offset: i16, dst: &mut [i16]) {
+        for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(a).zip(b) {
+            d[0] = (a ^ flip) as i16 - offset;
+            d[1] = (b ^ flip) as i16 - offset;
+        }
+    }
+}
+
+simd_fn! {
+    /// `dst[2i] = a[i]`, `dst[2i + 1] = b[i]`.
+    fn interleave(a: &[i16], b: &[i16], dst: &mut [i16]) {
+        for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(a).zip(b) {
+            d[0] = a;
+            d[1] = b;
+        }
     }
 }
 
@@ -274,8 +425,9 @@ mod tests {
 
     #[test]
     fn rows_match_a_plain_convolution_exactly() {
-        // (oc, ic, kh, kw, h, w, pad): 1 and 3 input channels, odd sizes, partial
-        // channel blocks, rows narrower than a tile, same and valid padding.
+        // (oc, ic, kh, kw, h, w, pad): both layouts (1, 3, 5 and 7 channels are
+        // taps; 2, 4, 9 and 32 channel pairs), odd sizes, partial channel blocks,
+        // rows narrower than a tile and one tile plus a few, same and valid padding.
         let cases = [
             (32, 3, 3, 3, 9, 23, [(0, 0), (0, 0)]),
             (5, 1, 3, 3, 6, 7, [(1, 1), (1, 1)]),
@@ -283,15 +435,25 @@ mod tests {
             (3, 2, 2, 3, 4, 3, [(0, 1), (2, 0)]),
             (16, 7, 1, 1, 3, 4, [(0, 0), (0, 0)]),
             (20, 4, 5, 5, 9, 9, [(2, 2), (2, 2)]),
+            (6, 9, 3, 3, 4, 40, [(1, 1), (1, 1)]),
+            (9, 5, 3, 2, 7, 19, [(0, 0), (1, 0)]),
         ];
         for (seed, &(oc, ic, kh, kw, h, w, pad)) in cases.iter().enumerate() {
             let seed = seed as u64;
-            // Extreme codes included: u8 inputs centred on zero point 3, int8 weights.
-            let x = codes(ic * h * w, seed + 1, -3, 252);
+            // Both activation types, extreme codes included.
+            let signed = seed % 3 == 1;
+            let (act, zp, lo) = if signed {
+                (Act::I8, -5, -128)
+            } else {
+                (Act::U8, 3, 0)
+            };
+            let raw = codes(ic * h * w, seed + 1, lo, lo + 255);
+            let x: Vec<i32> = raw.iter().map(|&v| v - zp).collect();
+            let bytes: Vec<u8> = raw.iter().map(|&v| v as u8).collect();
             let k = codes(oc * ic * kh * kw, seed + 100, -128, 127);
             let want = reference(&x, &k, (oc, ic, kh, kw), (h, w), pad);
             let q = |scale: f32, zero_point| QParams {
-                act: Act::U8,
+                act,
                 scale,
                 inv_scale: scale.recip(),
                 zero_point,
@@ -299,31 +461,31 @@ mod tests {
             let wscales: Vec<f32> = (0..oc).map(|o| 0.001 * (o + 1) as f32).collect();
             let bias: Vec<f32> = (0..oc).map(|o| o as f32 * 0.37 - 2.0).collect();
             let requant = Requant::new(
-                &q(0.02, 3),
+                &q(0.02, zp),
                 &wscales,
                 Some(&bias),
                 seed.is_multiple_of(2),
                 &q(0.05, 7),
             );
             let k8: Vec<i8> = k.iter().map(|&v| v as i8).collect();
-            let centred: Vec<i16> = x.iter().map(|&v| v as i16).collect();
             let (ph, pw) = (h + pad[0].0 + pad[0].1, w + pad[1].0 + pad[1].1);
             let (oh, ow) = (ph - kh + 1, pw - kw + 1);
             for isa in Isa::all_supported() {
                 let p = PackedQConv::with_isa(&k8, (oc, ic, kh, kw), requant.clone(), isa);
-                let input = p.pack_input(&centred, (h, w), pad);
+                assert_eq!(p.layout == Layout::Taps, ic % 2 == 1 && ic < 8);
+                let input = p.pack_input(&bytes, signed, zp, (h, w), pad);
+                let mut scratch = RowScratch::default();
                 let mut got = vec![i16::MIN; oc * oh * ow];
+                // All blocks at once and one at a time.
+                let split = p.blocks() / 2;
                 for y in 0..oh {
-                    for b in 0..p.blocks() {
-                        let first = p.block_channels(b).start;
-                        p.row(
-                            &input,
-                            (ph, pw),
-                            y,
-                            b,
-                            &mut got[(first * oh + y) * ow..],
-                            oh * ow,
-                        );
+                    for blocks in [0..split, split..p.blocks()] {
+                        let mut rows = vec![i16::MIN; blocks.len() * OCT * input.cols];
+                        p.row(&input, y, blocks.clone(), &mut scratch, &mut rows);
+                        for o in blocks.start * OCT..(blocks.end * OCT).min(oc) {
+                            let row = &rows[(o - blocks.start * OCT) * input.cols..];
+                            got[(o * oh + y) * ow..][..ow].copy_from_slice(&row[..ow]);
+                        }
                     }
                 }
                 for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
