@@ -1,7 +1,8 @@
 //! A quantized convolution (+ ReLU) (+ max pool) as one tract op on 8-bit
 //! tensors.
 //!
-//! Matches `DequantizeLinear → Conv [→ Relu] → QuantizeLinear`, optionally
+//! Matches `[QuantizeLinear →] DequantizeLinear → Conv [→ Relu] → QuantizeLinear`
+//! (the first `QuantizeLinear` when the input is a float tensor), optionally
 //! followed by `DequantizeLinear → MaxPool → QuantizeLinear` with the same step
 //! and zero point (onnxruntime's QDQ form of conv + ReLU + pool: the ReLU is
 //! folded into the output's zero point), with the same geometry limits as the f32
@@ -16,17 +17,34 @@ use tract_nnef::tract_core::internal::*;
 use tract_nnef::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool};
 use tract_nnef::tract_core::ops::nn::DataFormat;
 
-use super::packed::{OCT, PackedInput, PackedQConv, RowScratch};
+use super::packed::{OCT, PackedInput, PackedQConv, RowScratch, Source};
 use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
 use crate::kernels::conv::{Geometry, concrete, pool_window};
 use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
 use crate::kernels::simd::simd_fn;
 
-/// Whether node `id` (a `DequantizeLinear`) starts a chain [`QConv`] runs.
+/// Whether node `id` starts a chain [`QConv`] runs: a `DequantizeLinear`, or the
+/// `QuantizeLinear` of a float tensor before one (the model's input, for the
+/// first layer: quantized as the rows are packed, one pass less).
 pub(in crate::kernels) fn plan_fusion(
     model: &TypedModel,
     id: usize,
 ) -> TractResult<Option<Fusion<QConv>>> {
+    let node = model.node(id);
+    if let Some(quantize) = quantize_params(node)
+        && model.outlet_fact(node.inputs[0])?.datum_type == f32::datum_type()
+        && let Some(dq) = sole_successor(model, id)?
+        && let Some(mut fusion) = plan_from_dequantize(model, dq.id)?
+    {
+        fusion.op.quantize = Some(quantize);
+        fusion.nodes.insert(0, id);
+        return Ok(Some(fusion));
+    }
+    plan_from_dequantize(model, id)
+}
+
+/// Whether `DequantizeLinear` node `id` starts a chain [`QConv`] runs.
+fn plan_from_dequantize(model: &TypedModel, id: usize) -> TractResult<Option<Fusion<QConv>>> {
     let Some(input_q) = dequantize_params(model, model.node(id))? else {
         return Ok(None);
     };
@@ -136,6 +154,7 @@ pub(in crate::kernels) fn plan_fusion(
     }
     let op = QConv {
         conv: Arc::new(PackedQConv::new(&codes, (oc, ic, kh, kw), requant)),
+        quantize: None,
         input: input_q,
         output: output_q.act,
         geo: Geometry {
@@ -152,6 +171,8 @@ pub(in crate::kernels) fn plan_fusion(
 #[derive(Debug, Clone)]
 pub struct QConv {
     conv: Arc<PackedQConv>,
+    /// The `QuantizeLinear` of a float input, when the op starts there.
+    quantize: Option<QParams>,
     /// How the input is quantized.
     input: QParams,
     output: Act,
@@ -161,6 +182,7 @@ pub struct QConv {
 impl PartialEq for QConv {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.conv, &other.conv)
+            && self.quantize == other.quantize
             && self.input == other.input
             && self.output == other.output
             && self.geo == other.geo
@@ -219,6 +241,9 @@ impl QConv {
             "int8 {}x{} conv {}->{} channels, pad {:?}",
             c.kh, c.kw, c.ic, c.oc, self.geo.pad
         );
+        if self.quantize.is_some() {
+            s = format!("quantize f32, {s}");
+        }
         if let Some((wh, ww, _, _)) = self.geo.pool {
             s += &format!(", {wh}x{ww} max pool");
         }
@@ -229,12 +254,13 @@ impl QConv {
     fn run(&self, input: &Tensor) -> TractResult<Tensor> {
         let c = &*self.conv;
         let (h, w) = self.geo.input_hw;
+        let want = match self.quantize {
+            Some(_) => f32::datum_type(),
+            None => self.input.act.datum_type(),
+        };
         ensure!(
-            input.datum_type() == self.input.act.datum_type()
-                && input.rank() == 4
-                && input.shape()[1..] == [c.ic, h, w],
-            "FennecQConv expects {:?} [N, {}, {h}, {w}], got {:?} {:?}",
-            self.input.act.datum_type(),
+            input.datum_type() == want && input.rank() == 4 && input.shape()[1..] == [c.ic, h, w],
+            "FennecQConv expects {want:?} [N, {}, {h}, {w}], got {:?} {:?}",
             c.ic,
             input.datum_type(),
             input.shape()
@@ -243,7 +269,22 @@ impl QConv {
         let (oh, ow) = self.geo.output_hw();
         let plane = oh * ow;
         let view = input.try_as_plain_ram()?;
-        let signed = self.input.act == Act::I8;
+        let image_len = c.ic * h * w;
+        let zero_point = self.input.zero_point;
+        let image = |i: usize| -> TractResult<Source> {
+            Ok(match self.quantize {
+                Some(quantize) => Source::Floats {
+                    values: &view.as_slice::<f32>()?[i * image_len..][..image_len],
+                    quantize,
+                    zero_point,
+                },
+                None => Source::Codes {
+                    codes: &view.as_bytes()[i * image_len..][..image_len],
+                    signed: self.input.act == Act::I8,
+                    zero_point,
+                },
+            })
+        };
         let mut output = Tensor::zero_dt(self.output.datum_type(), &[n, c.oc, oh, ow])?;
         let mut out_view = output.try_as_plain_ram_mut()?;
         let threads = inference_pool();
@@ -252,13 +293,8 @@ impl QConv {
             .map_or(1, |p| p.current_num_threads())
             .clamp(1, c.blocks());
         let per_part = c.blocks().div_ceil(parts);
-        for (image, out_image) in view
-            .as_bytes()
-            .chunks_exact(c.ic * h * w)
-            .zip(out_view.as_bytes_mut().chunks_mut(c.oc * plane))
-        {
-            let zero_point = self.input.zero_point;
-            let packed = c.pack_input(image, signed, zero_point, (h, w), self.geo.pad);
+        for (i, out_image) in out_view.as_bytes_mut().chunks_mut(c.oc * plane).enumerate() {
+            let packed = c.pack_input(&image(i)?, (h, w), self.geo.pad);
             let job = |(p, chunk): (usize, &mut [u8])| {
                 let blocks = p * per_part..((p + 1) * per_part).min(c.blocks());
                 self.run_blocks(&packed, blocks, chunk)

@@ -25,7 +25,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::portable;
-use super::qdq::Requant;
+use super::qdq::{QParams, Requant};
 use crate::kernels::simd::{Isa, isa, simd_fn};
 
 /// Output channels of a tile (the weights are packed in blocks of this many).
@@ -161,18 +161,16 @@ impl PackedQConv {
         self.oc.div_ceil(OCT)
     }
 
-    /// One image of 8-bit codes `[ic][h][w]` (`u8`, or `i8` as bytes when
-    /// `signed`) as the kernels read it: codes minus `zero_point`, with `pad`
-    /// rows and columns of zeros (`(before, after)` per axis).
+    /// One image `[ic][h][w]` as the kernels read it: codes minus the input's
+    /// zero point, with `pad` rows and columns of zeros (`(before, after)` per
+    /// axis).
     pub fn pack_input(
         &self,
-        codes: &[u8],
-        signed: bool,
-        zero_point: i32,
+        image: &Source,
         (h, w): (usize, usize),
         pad: [(usize, usize); 2],
     ) -> PackedInput {
-        assert_eq!(codes.len(), self.ic * h * w, "input length");
+        assert_eq!(image.len(), self.ic * h * w, "input length");
         let (ph, pw) = (h + pad[0].0 + pad[0].1, w + pad[1].0 + pad[1].1);
         assert!(
             ph >= self.kh && pw >= self.kw,
@@ -181,22 +179,14 @@ impl PackedQConv {
         let (oh, ow) = (ph + 1 - self.kh, pw + 1 - self.kw);
         let cols = ow.max(PX);
         let pwa = cols + self.kw - 1;
-        // An i8 code `c` is the u8 `c ^ 0x80` minus 128.
-        let (flip, offset) = if signed {
-            (0x80, zero_point + 128)
-        } else {
-            (0, zero_point)
-        };
-        let offset = offset as i16; // zero points are 8-bit codes
         let (top, left) = (pad[0].0, pad[1].0);
-        let plane = |c: usize| &codes[c * h * w..][..h * w];
         let data = match self.layout {
             Layout::Taps => {
                 let mut data = vec![0; self.ic * ph * pwa];
                 for c in 0..self.ic {
-                    for (y, src) in plane(c).chunks_exact(w).enumerate() {
+                    for y in 0..h {
                         let dst = &mut data[(c * ph + top + y) * pwa + left..][..w];
-                        centre(src, flip, offset, dst);
+                        image.row((c * h + y) * w, dst);
                     }
                 }
                 data
@@ -204,17 +194,17 @@ impl PackedQConv {
             Layout::ChannelPairs => {
                 let pairs = self.ic.div_ceil(2);
                 let mut data = vec![0; ph * pairs * pwa * 2];
+                let (mut a, mut b) = (vec![0; w], vec![0; w]);
                 for y in 0..h {
                     for p in 0..pairs {
-                        let row = |c: usize| &plane(c)[y * w..][..w];
                         let dst = &mut data[(((top + y) * pairs + p) * pwa + left) * 2..][..2 * w];
+                        image.row((2 * p * h + y) * w, &mut a);
                         if 2 * p + 1 < self.ic {
-                            centre_pairs(row(2 * p), row(2 * p + 1), flip, offset, dst);
+                            image.row(((2 * p + 1) * h + y) * w, &mut b);
                         } else {
-                            for (d, &s) in dst.iter_mut().step_by(2).zip(row(2 * p)) {
-                                *d = (s ^ flip) as i16 - offset;
-                            }
+                            b.fill(0);
                         }
+                        interleave(&a, &b, dst);
                     }
                 }
                 data
@@ -317,6 +307,63 @@ impl PackedQConv {
     }
 }
 
+/// An image the convolution reads: 8-bit codes, or floats it quantizes itself
+/// (the model's `QuantizeLinear` before the op, as tract would).
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// `u8` codes, or `i8` codes as bytes when `signed`, of the given zero point.
+    Codes {
+        codes: &'a [u8],
+        signed: bool,
+        zero_point: i32,
+    },
+    /// Quantized with `quantize` (tract's `QuantizeLinear`: `x * inv_scale`
+    /// rounded half to even, plus the zero point, clamped), then read as codes of
+    /// zero point `zero_point`.
+    Floats {
+        values: &'a [f32],
+        quantize: QParams,
+        zero_point: i32,
+    },
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Codes { codes, .. } => codes.len(),
+            Source::Floats { values, .. } => values.len(),
+        }
+    }
+
+    /// The `dst.len()` values from `start` on, minus the zero point.
+    fn row(&self, start: usize, dst: &mut [i16]) {
+        match *self {
+            Source::Codes {
+                codes,
+                signed,
+                zero_point,
+            } => {
+                // An i8 code `c` is the u8 `c ^ 0x80` minus 128.
+                let (flip, offset) = if signed {
+                    (0x80, zero_point + 128)
+                } else {
+                    (0, zero_point)
+                };
+                centre(&codes[start..][..dst.len()], flip, offset as i16, dst);
+            }
+            Source::Floats {
+                values,
+                quantize: q,
+                zero_point,
+            } => {
+                let (lo, hi) = q.act.range();
+                let codes = (q.inv_scale, q.zero_point, lo, hi);
+                quantize(&values[start..][..dst.len()], codes, zero_point, dst);
+            }
+        }
+    }
+}
+
 /// What a tile reads: the pair rows of one output row and one block's weights
 /// and requantization. Built only by [`PackedQConv::row`].
 pub(super) struct QTile<'a> {
@@ -346,11 +393,14 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// [`centre`] of two rows, interleaved: `dst[2i] = a[i]`, `dst[2i + 1] = b[i]`.
-    fn centre_pairs(a: &[u8], b: &[u8], flip: u8, offset: i16, dst: &mut [i16]) {
-        for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(a).zip(b) {
-            d[0] = (a ^ flip) as i16 - offset;
-            d[1] = (b ^ flip) as i16 - offset;
+    /// Floats to centred i16 codes: `codes = (multiplier, zero point, lo, hi)` of
+    /// the quantization (as tract's `QuantizeLinear`, whose `+ zero_point` wraps
+    /// in release builds), then minus `zero_point`.
+    fn quantize(x: &[f32], codes: (f32, i32, i32, i32), zero_point: i32, dst: &mut [i16]) {
+        let (multiplier, zp, lo, hi) = codes;
+        for (d, &x) in dst.iter_mut().zip(x) {
+            let code = ((x * multiplier).round_ties_even() as i32).wrapping_add(zp);
+            *d = (code.clamp(lo, hi) - zero_point) as i16;
         }
     }
 }
@@ -423,6 +473,52 @@ mod tests {
         out
     }
 
+    /// Sums that wrap when their bias is added, products past the i32 range or
+    /// infinite, negative and tiny scales: the vector requantization gives the
+    /// scalar one's codes.
+    #[test]
+    fn extreme_requantization_matches_the_scalar_one() {
+        let (oc, ic, h, w) = (8, 2, 3, 37);
+        let x = codes(ic * h * w, 5, 0, 255);
+        let k = codes(oc * ic * 9, 6, -128, 127);
+        let want = reference(&x, &k, (oc, ic, 3, 3), (h, w), [(1, 1), (1, 1)]);
+        let requant = Requant {
+            bias: vec![i32::MAX - 100, i32::MIN + 100, 7, -3, 0, 1 << 30, 0, 12],
+            scale: vec![1e-9, 3e38, -2.5e-3, 0.5, f32::MIN_POSITIVE, 1.0, -3e38, 0.0],
+            zero_point: 5,
+            lo: 5,
+            hi: 255,
+        };
+        let k8: Vec<i8> = k.iter().map(|&v| v as i8).collect();
+        let bytes: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+        for isa in Isa::all_supported() {
+            let p = PackedQConv::with_isa(&k8, (oc, ic, 3, 3), requant.clone(), isa);
+            let image = Source::Codes {
+                codes: &bytes,
+                signed: false,
+                zero_point: 0,
+            };
+            let input = p.pack_input(&image, (h, w), [(1, 1), (1, 1)]);
+            let mut rows = vec![0; oc * input.cols];
+            for y in 0..h {
+                p.row(
+                    &input,
+                    y,
+                    0..p.blocks(),
+                    &mut RowScratch::default(),
+                    &mut rows,
+                );
+                for o in 0..oc {
+                    for xx in 0..w {
+                        let sum = want[(o * h + y) * w + xx] as i32;
+                        let got = rows[o * input.cols + xx];
+                        assert_eq!(got, requant.apply(o, sum), "{isa:?} {o} {y} {xx}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn rows_match_a_plain_convolution_exactly() {
         // (oc, ic, kh, kw, h, w, pad): both layouts (1, 3, 5 and 7 channels are
@@ -447,7 +543,27 @@ mod tests {
             } else {
                 (Act::U8, 3, 0)
             };
-            let raw = codes(ic * h * w, seed + 1, lo, lo + 255);
+            // Codes, or (odd cases) floats the kernel quantizes itself, some
+            // past the code range.
+            let floats = seed % 2 == 1;
+            let quantize = QParams {
+                act,
+                scale: 0.5,
+                inv_scale: 2.0,
+                zero_point: zp + 1,
+            };
+            let values: Vec<f32> = codes(ic * h * w, seed + 1, -300, 300)
+                .iter()
+                .map(|&v| v as f32 * 0.3)
+                .collect();
+            let raw: Vec<i32> = if floats {
+                values
+                    .iter()
+                    .map(|&v| ((v * 2.0).round_ties_even() as i32 + zp + 1).clamp(lo, lo + 255))
+                    .collect()
+            } else {
+                codes(ic * h * w, seed + 1, lo, lo + 255)
+            };
             let x: Vec<i32> = raw.iter().map(|&v| v - zp).collect();
             let bytes: Vec<u8> = raw.iter().map(|&v| v as u8).collect();
             let k = codes(oc * ic * kh * kw, seed + 100, -128, 127);
@@ -473,7 +589,20 @@ mod tests {
             for isa in Isa::all_supported() {
                 let p = PackedQConv::with_isa(&k8, (oc, ic, kh, kw), requant.clone(), isa);
                 assert_eq!(p.layout == Layout::Taps, ic % 2 == 1 && ic < 8);
-                let input = p.pack_input(&bytes, signed, zp, (h, w), pad);
+                let image = if floats {
+                    Source::Floats {
+                        values: &values,
+                        quantize,
+                        zero_point: zp,
+                    }
+                } else {
+                    Source::Codes {
+                        codes: &bytes,
+                        signed,
+                        zero_point: zp,
+                    }
+                };
+                let input = p.pack_input(&image, (h, w), pad);
                 let mut scratch = RowScratch::default();
                 let mut got = vec![i16::MIN; oc * oh * ow];
                 // All blocks at once and one at a time.
