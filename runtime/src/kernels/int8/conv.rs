@@ -192,42 +192,35 @@ impl PartialEq for QConv {
 impl Eq for QConv {}
 
 impl QConv {
-    /// Output channel `blocks` (of [`OCT`]) of one packed image into `out`, their
-    /// channel planes of codes (`u8`, or `i8` as bytes).
-    fn run_blocks(&self, input: &PackedInput, blocks: std::ops::Range<usize>, out: &mut [u8]) {
+    /// Output rows `rows` (after the pool, if any) of every channel of one packed
+    /// image into `out`, `[oc][rows.len()][ow]` codes (`u8`, or `i8` as bytes).
+    fn run_rows(&self, input: &PackedInput, rows: std::ops::Range<usize>, out: &mut [u8]) {
         let c = &*self.conv;
         let (ch, cw, cols) = (input.oh, input.ow, input.cols);
-        let first = blocks.start * OCT;
-        let channels = first..(blocks.end * OCT).min(c.oc);
-        // One output row of the blocks: [block][OCT][cols] codes.
-        let size = blocks.len() * OCT * cols;
-        let mut scratch = RowScratch::default();
-        match self.geo.pool {
-            None => {
-                let plane = ch * cw;
-                let mut rows = vec![0i16; size];
-                for y in 0..ch {
-                    c.row(input, y, blocks.clone(), &mut scratch, &mut rows);
-                    for (k, o) in channels.clone().enumerate() {
-                        let dst = &mut out[(o - first) * plane + y * cw..][..cw];
-                        narrow(&rows[k * cols..][..cw], dst);
-                    }
+        let (wh, ww) = self.geo.pool.map_or((1, 1), |(wh, ww, _, _)| (wh, ww));
+        let (n, ow) = (rows.len(), self.geo.output_hw().1);
+        // The pair rows of each conv row of a pool window, and the block's codes
+        // for them: [row][OCT][cols].
+        let mut scratch: Vec<RowScratch> = (0..wh).map(|_| RowScratch::default()).collect();
+        let mut codes = vec![0i16; wh * OCT * cols];
+        let mut max = vec![0i16; cw];
+        for (r, py) in rows.enumerate() {
+            let window = py * wh..((py + 1) * wh).min(ch);
+            let pairs: Vec<_> = window
+                .zip(scratch.iter_mut())
+                .map(|(y, s)| c.pair_rows(input, y, s))
+                .collect();
+            for b in 0..c.blocks() {
+                for (k, p) in pairs.iter().enumerate() {
+                    c.block_row(p, b, &mut codes[k * OCT * cols..]);
                 }
-            }
-            Some((wh, ww, oh, ow)) => {
-                let plane = oh * ow;
-                let mut rows = vec![0i16; wh * size];
-                let mut max = vec![0i16; cw];
-                for py in 0..oh {
-                    let window = py * wh..((py + 1) * wh).min(ch);
-                    for (r, y) in window.clone().enumerate() {
-                        let dst = &mut rows[r * size..][..size];
-                        c.row(input, y, blocks.clone(), &mut scratch, dst);
-                    }
-                    for (k, o) in channels.clone().enumerate() {
-                        let dst = &mut out[(o - first) * plane + py * ow..][..ow];
-                        let window = (k * cols, size, window.len());
-                        pool_row(&rows, window, (cw, ww), &mut max, dst);
+                for (j, o) in c.block_channels(b).enumerate() {
+                    let dst = &mut out[(o * n + r) * ow..][..ow];
+                    if self.geo.pool.is_some() {
+                        let window = (j * cols, OCT * cols, pairs.len());
+                        pool_row(&codes, window, (cw, ww), &mut max, dst);
+                    } else {
+                        narrow(&codes[j * cols..][..cw], dst);
                     }
                 }
             }
@@ -287,24 +280,36 @@ impl QConv {
         };
         let mut output = Tensor::zero_dt(self.output.datum_type(), &[n, c.oc, oh, ow])?;
         let mut out_view = output.try_as_plain_ram_mut()?;
+        // Threads take bands of output rows, each into its own buffer.
         let threads = inference_pool();
         let parts = threads
             .as_ref()
             .map_or(1, |p| p.current_num_threads())
-            .clamp(1, c.blocks());
-        let per_part = c.blocks().div_ceil(parts);
+            .clamp(1, oh);
+        let band = |p: usize| p * oh / parts..(p + 1) * oh / parts;
         for (i, out_image) in out_view.as_bytes_mut().chunks_mut(c.oc * plane).enumerate() {
             let packed = c.pack_input(&image(i)?, (h, w), self.geo.pad);
-            let job = |(p, chunk): (usize, &mut [u8])| {
-                let blocks = p * per_part..((p + 1) * per_part).min(c.blocks());
-                self.run_blocks(&packed, blocks, chunk)
-            };
-            let chunk = per_part * OCT * plane;
             match &threads {
                 Some(pool) if parts > 1 => {
-                    pool.install(|| out_image.par_chunks_mut(chunk).enumerate().for_each(job))
+                    let bands: Vec<Vec<u8>> = pool.install(|| {
+                        (0..parts)
+                            .into_par_iter()
+                            .map(|p| {
+                                let mut out = vec![0; c.oc * band(p).len() * ow];
+                                self.run_rows(&packed, band(p), &mut out);
+                                out
+                            })
+                            .collect()
+                    });
+                    for (p, out) in bands.iter().enumerate() {
+                        let rows = band(p);
+                        for (o, src) in out.chunks_exact(rows.len() * ow).enumerate() {
+                            out_image[(o * oh + rows.start) * ow..][..src.len()]
+                                .copy_from_slice(src);
+                        }
+                    }
                 }
-                _ => out_image.chunks_mut(chunk).enumerate().for_each(job),
+                _ => self.run_rows(&packed, 0..oh, out_image),
             }
         }
         drop(out_view);

@@ -61,7 +61,8 @@ pub struct PackedQConv {
     isa: Isa,
 }
 
-/// One image in the layout of a [`PackedQConv`], ready for [`PackedQConv::row`].
+/// One image in the layout of a [`PackedQConv`], ready for
+/// [`PackedQConv::pair_rows`].
 #[derive(Debug, Clone)]
 pub struct PackedInput {
     /// [`Layout::ChannelPairs`]: `[ph][ic / 2][pwa][2]`; [`Layout::Taps`]:
@@ -76,6 +77,16 @@ pub struct PackedInput {
     pub ow: usize,
     /// Columns the tiles cover: `max(ow, PX)`.
     pub cols: usize,
+}
+
+/// The pair rows of one output row (see [`PackedQConv::pair_rows`]): pair `p`
+/// of the pixel at column `x` is `data[2 * (offsets[p] + x)..][..2]`, for `x <
+/// cols` (checked when built).
+#[derive(Debug)]
+pub struct PairRows<'a> {
+    data: &'a [i16],
+    offsets: &'a [usize],
+    cols: usize,
 }
 
 /// Per-thread buffers of the row driver: the pair rows of one output row
@@ -220,23 +231,22 @@ impl PackedQConv {
         }
     }
 
-    /// Output row `y` of `blocks`, requantized: channel `j` of block `b` goes to
-    /// `out[((b - blocks.start) * OCT + j) * input.cols..][..input.cols]` (the
-    /// first `ow` columns are the row; rows past `oc` hold nothing of use).
-    pub fn row(
+    /// Output channels of block `b` (the last block may be partial).
+    pub fn block_channels(&self, b: usize) -> std::ops::Range<usize> {
+        b * OCT..((b + 1) * OCT).min(self.oc)
+    }
+
+    /// The pair rows of output row `y`, for [`PackedQConv::block_row`]: views
+    /// into the packed image ([`Layout::ChannelPairs`]) or built into `scratch`
+    /// ([`Layout::Taps`]).
+    pub fn pair_rows<'a>(
         &self,
-        input: &PackedInput,
+        input: &'a PackedInput,
         y: usize,
-        blocks: std::ops::Range<usize>,
-        scratch: &mut RowScratch,
-        out: &mut [i16],
-    ) {
-        assert!(
-            y < input.oh && blocks.end <= self.blocks(),
-            "row outside the output"
-        );
+        scratch: &'a mut RowScratch,
+    ) -> PairRows<'a> {
+        assert!(y < input.oh, "row outside the output");
         let cols = input.cols;
-        assert!(out.len() >= blocks.len() * OCT * cols, "output too short");
         let RowScratch { pair_rows, offsets } = scratch;
         offsets.clear();
         let data: &[i16] = match self.layout {
@@ -275,24 +285,35 @@ impl PackedQConv {
         };
         let end = offsets.iter().max().map_or(0, |m| m + cols);
         assert!(2 * end <= data.len(), "pair rows outside the input");
-        for (k, b) in blocks.enumerate() {
-            let t = QTile {
-                data,
-                offsets,
-                cols,
-                weights: &self.weights[b * self.pairs * OCT * 2..][..self.pairs * OCT * 2],
-                bias: self.bias[b * OCT..][..OCT].try_into().unwrap(),
-                scale: self.scale[b * OCT..][..OCT].try_into().unwrap(),
-                requant: &self.requant,
-            };
-            let out = &mut out[k * OCT * cols..][..OCT * cols];
-            // Tiles of PX, the last one shifted left to end at the row's end.
-            let mut x = 0;
-            while x < cols {
-                let start = x.min(cols - PX);
-                self.tile(&t, start, out, cols);
-                x = start + PX;
-            }
+        PairRows {
+            data,
+            offsets,
+            cols,
+        }
+    }
+
+    /// One output row of the channels of block `b`, requantized, from its pair
+    /// rows: channel `j` of the block goes to `out[j * cols..][..cols]` (the first
+    /// `ow` columns are the row; channels past `oc` hold nothing of use).
+    pub fn block_row(&self, rows: &PairRows, b: usize, out: &mut [i16]) {
+        assert!(b < self.blocks(), "block outside the output");
+        let cols = rows.cols;
+        let t = QTile {
+            data: rows.data,
+            offsets: rows.offsets,
+            cols,
+            weights: &self.weights[b * self.pairs * OCT * 2..][..self.pairs * OCT * 2],
+            bias: self.bias[b * OCT..][..OCT].try_into().unwrap(),
+            scale: self.scale[b * OCT..][..OCT].try_into().unwrap(),
+            requant: &self.requant,
+        };
+        let out = &mut out[..OCT * cols];
+        // Tiles of PX, the last one shifted left to end at the row's end.
+        let mut x = 0;
+        while x < cols {
+            let start = x.min(cols - PX);
+            self.tile(&t, start, out, cols);
+            x = start + PX;
         }
     }
 
@@ -365,14 +386,14 @@ impl Source<'_> {
 }
 
 /// What a tile reads: the pair rows of one output row and one block's weights
-/// and requantization. Built only by [`PackedQConv::row`].
+/// and requantization. Built only by [`PackedQConv::block_row`].
 pub(super) struct QTile<'a> {
     /// Pair rows: pair `p` of the pixel at column `x` is `data[2 * (offsets[p] +
     /// x)..][..2]`.
     pub data: &'a [i16],
     pub offsets: &'a [usize],
     /// Columns of the row: `2 * (offsets[p] + cols) <= data.len()` for every
-    /// `p` (checked once per row by [`PackedQConv::row`], relied on by the
+    /// `p` (checked once per row by [`PackedQConv::pair_rows`], relied on by the
     /// AVX2 kernel's unchecked loads).
     pub cols: usize,
     /// `[pairs][OCT][2]`.
@@ -501,13 +522,11 @@ mod tests {
             let input = p.pack_input(&image, (h, w), [(1, 1), (1, 1)]);
             let mut rows = vec![0; oc * input.cols];
             for y in 0..h {
-                p.row(
-                    &input,
-                    y,
-                    0..p.blocks(),
-                    &mut RowScratch::default(),
-                    &mut rows,
-                );
+                let mut scratch = RowScratch::default();
+                let pairs = p.pair_rows(&input, y, &mut scratch);
+                for b in 0..p.blocks() {
+                    p.block_row(&pairs, b, &mut rows[b * OCT * input.cols..]);
+                }
                 for o in 0..oc {
                     for xx in 0..w {
                         let sum = want[(o * h + y) * w + xx] as i32;
@@ -605,15 +624,15 @@ mod tests {
                 let input = p.pack_input(&image, (h, w), pad);
                 let mut scratch = RowScratch::default();
                 let mut got = vec![i16::MIN; oc * oh * ow];
-                // All blocks at once and one at a time.
-                let split = p.blocks() / 2;
                 for y in 0..oh {
-                    for blocks in [0..split, split..p.blocks()] {
-                        let mut rows = vec![i16::MIN; blocks.len() * OCT * input.cols];
-                        p.row(&input, y, blocks.clone(), &mut scratch, &mut rows);
-                        for o in blocks.start * OCT..(blocks.end * OCT).min(oc) {
-                            let row = &rows[(o - blocks.start * OCT) * input.cols..];
-                            got[(o * oh + y) * ow..][..ow].copy_from_slice(&row[..ow]);
+                    let pairs = p.pair_rows(&input, y, &mut scratch);
+                    // Blocks in reverse: each row stands alone.
+                    for b in (0..p.blocks()).rev() {
+                        let mut rows = vec![i16::MIN; OCT * input.cols];
+                        p.block_row(&pairs, b, &mut rows);
+                        for (j, o) in p.block_channels(b).enumerate() {
+                            let row = &rows[j * input.cols..][..ow];
+                            got[(o * oh + y) * ow..][..ow].copy_from_slice(row);
                         }
                     }
                 }
