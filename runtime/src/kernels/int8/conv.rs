@@ -288,10 +288,11 @@ impl QConv {
             .clamp(1, oh);
         let band = |p: usize| p * oh / parts..(p + 1) * oh / parts;
         for (i, out_image) in out_view.as_bytes_mut().chunks_mut(c.oc * plane).enumerate() {
-            let packed = c.pack_input(&image(i)?, (h, w), self.geo.pad);
+            let image = image(i)?;
             match &threads {
                 Some(pool) if parts > 1 => {
                     let bands: Vec<Vec<u8>> = pool.install(|| {
+                        let packed = c.pack_input(&image, (h, w), self.geo.pad, true);
                         (0..parts)
                             .into_par_iter()
                             .map(|p| {
@@ -309,7 +310,10 @@ impl QConv {
                         }
                     }
                 }
-                _ => self.run_rows(&packed, 0..oh, out_image),
+                _ => {
+                    let packed = c.pack_input(&image, (h, w), self.geo.pad, false);
+                    self.run_rows(&packed, 0..oh, out_image)
+                }
             }
         }
         drop(out_view);

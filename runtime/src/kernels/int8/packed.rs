@@ -25,6 +25,8 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::portable;
+use rayon::prelude::*;
+
 use super::qdq::{QParams, Requant};
 use crate::kernels::simd::{Isa, isa, simd_fn};
 
@@ -174,12 +176,14 @@ impl PackedQConv {
 
     /// One image `[ic][h][w]` as the kernels read it: codes minus the input's
     /// zero point, with `pad` rows and columns of zeros (`(before, after)` per
-    /// axis).
+    /// axis). With `parallel`, rows are packed by the threads of the current
+    /// rayon pool (call it inside the inference pool's `install`).
     pub fn pack_input(
         &self,
         image: &Source,
         (h, w): (usize, usize),
         pad: [(usize, usize); 2],
+        parallel: bool,
     ) -> PackedInput {
         assert_eq!(image.len(), self.ic * h * w, "input length");
         let (ph, pw) = (h + pad[0].0 + pad[0].1, w + pad[1].0 + pad[1].1);
@@ -191,36 +195,54 @@ impl PackedQConv {
         let cols = ow.max(PX);
         let pwa = cols + self.kw - 1;
         let (top, left) = (pad[0].0, pad[1].0);
-        let data = match self.layout {
-            Layout::Taps => {
-                let mut data = vec![0; self.ic * ph * pwa];
-                for c in 0..self.ic {
-                    for y in 0..h {
-                        let dst = &mut data[(c * ph + top + y) * pwa + left..][..w];
-                        image.row((c * h + y) * w, dst);
-                    }
-                }
-                data
-            }
-            Layout::ChannelPairs => {
-                let pairs = self.ic.div_ceil(2);
-                let mut data = vec![0; ph * pairs * pwa * 2];
-                let (mut a, mut b) = (vec![0; w], vec![0; w]);
-                for y in 0..h {
-                    for p in 0..pairs {
-                        let dst = &mut data[(((top + y) * pairs + p) * pwa + left) * 2..][..2 * w];
-                        image.row((2 * p * h + y) * w, &mut a);
+        // One padded row: [pwa] of one channel (taps) or [pairs][pwa][2]
+        // (channel pairs); `i` counts them in memory order; `tmp` is room for
+        // two rows of `w`.
+        let pairs = self.ic.div_ceil(2);
+        let row_len = match self.layout {
+            Layout::Taps => pwa,
+            Layout::ChannelPairs => pairs * pwa * 2,
+        };
+        let fill = |tmp: &mut Vec<i16>, (i, dst): (usize, &mut [i16])| {
+            let (c, y) = match self.layout {
+                Layout::Taps => (i / ph, i % ph),
+                Layout::ChannelPairs => (0, i),
+            };
+            let Some(y) = y.checked_sub(top).filter(|&y| y < h) else {
+                return;
+            };
+            match self.layout {
+                Layout::Taps => image.row((c * h + y) * w, &mut dst[left..][..w]),
+                Layout::ChannelPairs => {
+                    tmp.resize(2 * w, 0);
+                    let (a, b) = tmp.split_at_mut(w);
+                    for (p, dst) in dst.chunks_exact_mut(pwa * 2).enumerate() {
+                        image.row((2 * p * h + y) * w, a);
                         if 2 * p + 1 < self.ic {
-                            image.row(((2 * p + 1) * h + y) * w, &mut b);
+                            image.row(((2 * p + 1) * h + y) * w, b);
                         } else {
                             b.fill(0);
                         }
-                        interleave(&a, &b, dst);
+                        interleave(a, b, &mut dst[left * 2..][..2 * w]);
                     }
                 }
-                data
             }
         };
+        let rows = match self.layout {
+            Layout::Taps => self.ic * ph,
+            Layout::ChannelPairs => ph,
+        };
+        let mut data = vec![0; rows * row_len];
+        if parallel {
+            data.par_chunks_mut(row_len)
+                .enumerate()
+                .for_each_init(Vec::new, fill);
+        } else {
+            let mut tmp = Vec::new();
+            data.chunks_mut(row_len)
+                .enumerate()
+                .for_each(|row| fill(&mut tmp, row));
+        }
         PackedInput {
             data,
             ph,
@@ -519,7 +541,7 @@ mod tests {
                 signed: false,
                 zero_point: 0,
             };
-            let input = p.pack_input(&image, (h, w), [(1, 1), (1, 1)]);
+            let input = p.pack_input(&image, (h, w), [(1, 1), (1, 1)], false);
             let mut rows = vec![0; oc * input.cols];
             for y in 0..h {
                 let mut scratch = RowScratch::default();
@@ -621,7 +643,7 @@ mod tests {
                         zero_point: zp,
                     }
                 };
-                let input = p.pack_input(&image, (h, w), pad);
+                let input = p.pack_input(&image, (h, w), pad, seed % 2 == 0);
                 let mut scratch = RowScratch::default();
                 let mut got = vec![i16::MIN; oc * oh * ow];
                 for y in 0..oh {
