@@ -1,23 +1,20 @@
 //! The int8 kernels for x86-64 with AVX2: `vpmaddwd` multiplies i16 pairs and
-//! adds each pair into an i32 lane (exact for 8-bit codes; see `packed.rs`),
-//! and the requantization runs 8 lanes at a time.
+//! adds each pair into an i32 lane (exact for 8-bit codes; see `packed.rs`);
+//! the requantization runs 8 lanes at a time.
 
 use std::arch::x86_64::*;
 
 use super::packed::{NV, OCT, PX, QTile};
+use super::qdq::Requant;
 
-/// [`OCT`] channels x [`PX`] pixels at column `x`, requantized: channel `j` to
-/// `out[j * stride + x..][..PX]`; the same codes as `portable::tile`.
+/// [`OCT`] channels x [`PX`] pixels at column `x`: channel `j`'s i32 sums to
+/// `out[j * stride + x..][..PX]`; the same sums as `portable::tile`.
 ///
 /// `OCT x NV` accumulators of 8 pixels stay in registers over all pairs; each
 /// pair loads the `NV` vectors of input pairs once and broadcasts each channel's
-/// weight pair. Requantization is the scalar one, 8 lanes at a time: `sum as
-/// f32 * scale` rounded half to even (the default rounding mode of
-/// `vcvtps2dq`), clamped to the output range before rounding (the same as after,
-/// the bounds being integers; and it keeps large values off `vcvtps2dq`'s
-/// out-of-range answer).
+/// weight pair.
 #[target_feature(enable = "avx2")]
-pub(super) fn tile(t: &QTile, x: usize, out: &mut [i16], stride: usize) {
+pub(super) fn tile(t: &QTile, x: usize, out: &mut [i32], stride: usize) {
     assert!(x + PX <= t.cols && t.weights.len() == t.offsets.len() * OCT * 2);
     assert!(out.len() >= (OCT - 1) * stride + x + PX, "output too short");
     let mut acc = [[_mm256_setzero_si256(); NV]; OCT];
@@ -39,34 +36,54 @@ pub(super) fn tile(t: &QTile, x: usize, out: &mut [i16], stride: usize) {
             }
         }
     }
-    let r = t.requant;
+    for (j, acc) in acc.iter().enumerate() {
+        let dst = &mut out[j * stride + x..][..PX];
+        for (d, a) in dst.chunks_exact_mut(8).zip(acc) {
+            // SAFETY: `d` holds 8 i32.
+            unsafe { _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, *a) };
+        }
+    }
+}
+
+/// The codes of one channel's `sums` (bias not yet added) as bytes; the same as
+/// [`Requant::code`], 8 lanes at a time: `sum as f32 * scale` rounded half to
+/// even (the default rounding mode of `vcvtps2dq`), clamped to the output range
+/// before rounding (the same as after, the bounds being integers; and it keeps
+/// large values off `vcvtps2dq`'s out-of-range answer).
+#[target_feature(enable = "avx2")]
+pub(super) fn requant_row(r: &Requant, bias: i32, scale: f32, sums: &[i32], out: &mut [u8]) {
+    let n = sums.len().min(out.len());
     let lo = _mm256_set1_ps((r.lo - r.zero_point) as f32);
     let hi = _mm256_set1_ps((r.hi - r.zero_point) as f32);
     let zero_point = _mm256_set1_epi32(r.zero_point);
-    for (j, acc) in acc.iter().enumerate() {
-        let bias = _mm256_set1_epi32(t.bias[j]);
-        let scale = _mm256_set1_ps(t.scale[j]);
-        let codes: [__m256i; NV] = std::array::from_fn(|i| {
-            let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[i], bias));
-            let v = _mm256_max_ps(_mm256_min_ps(_mm256_mul_ps(sum, scale), hi), lo);
-            _mm256_add_epi32(_mm256_cvtps_epi32(v), zero_point)
-        });
-        let dst = &mut out[j * stride + x..][..PX];
-        for (i, d) in dst.chunks_exact_mut(16).enumerate() {
-            // Codes fit i16: the pack does not saturate; the permute puts the
-            // two vectors' halves back in order.
-            let packed = _mm256_packs_epi32(codes[2 * i], codes[2 * i + 1]);
-            let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
-            // SAFETY: `d` holds 16 i16.
-            unsafe { _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, v) };
+    let (bias_v, scale_v) = (_mm256_set1_epi32(bias), _mm256_set1_ps(scale));
+    let code = |s: __m256i| {
+        let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(s, bias_v));
+        let v = _mm256_max_ps(_mm256_min_ps(_mm256_mul_ps(sum, scale_v), hi), lo);
+        _mm256_add_epi32(_mm256_cvtps_epi32(v), zero_point)
+    };
+    let full = n / 16 * 16;
+    for (s, o) in sums[..full]
+        .chunks_exact(16)
+        .zip(out[..full].chunks_exact_mut(16))
+    {
+        // SAFETY: `s` holds 16 i32 and `o` 16 bytes.
+        unsafe {
+            let a = code(_mm256_loadu_si256(s.as_ptr() as *const __m256i));
+            let b = code(_mm256_loadu_si256(s.as_ptr().add(8) as *const __m256i));
+            // Codes fit 8 bits (u8, or i8 as bytes): the packs keep them (i16,
+            // then the low byte), the permute puts the halves back in order.
+            let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+            let lo_bytes = _mm256_castsi256_si128(w);
+            let hi_bytes = _mm256_extracti128_si256::<1>(w);
+            let mask = _mm_set1_epi16(0xff);
+            let bytes =
+                _mm_packus_epi16(_mm_and_si128(lo_bytes, mask), _mm_and_si128(hi_bytes, mask));
+            _mm_storeu_si128(o.as_mut_ptr() as *mut __m128i, bytes);
         }
-        if NV % 2 == 1 {
-            let last = codes[NV - 1];
-            let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(last, last));
-            let d = &mut dst[PX - 8..];
-            // SAFETY: `d` holds 8 i16.
-            unsafe { _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(v)) };
-        }
+    }
+    for (s, o) in sums[full..n].iter().zip(&mut out[full..n]) {
+        *o = r.code(s.wrapping_add(bias), scale) as u8;
     }
 }
 

@@ -199,11 +199,12 @@ impl QConv {
         let (ch, cw, cols) = (input.oh, input.ow, input.cols);
         let (wh, ww) = self.geo.pool.map_or((1, 1), |(wh, ww, _, _)| (wh, ww));
         let (n, ow) = (rows.len(), self.geo.output_hw().1);
-        // The pair rows of each conv row of a pool window, and the block's codes
+        let on_sums = c.pools_on_sums();
+        // The pair rows of each conv row of a pool window, and the block's sums
         // for them: [row][OCT][cols].
         let mut scratch: Vec<RowScratch> = (0..wh).map(|_| RowScratch::default()).collect();
-        let mut codes = vec![0i16; wh * OCT * cols];
-        let mut max = vec![0i16; cw];
+        let mut sums = vec![0i32; wh * OCT * cols];
+        let (mut max, mut pooled) = (vec![0i32; cw], vec![0i32; ow]);
         for (r, py) in rows.enumerate() {
             let window = py * wh..((py + 1) * wh).min(ch);
             let pairs: Vec<_> = window
@@ -212,15 +213,26 @@ impl QConv {
                 .collect();
             for b in 0..c.blocks() {
                 for (k, p) in pairs.iter().enumerate() {
-                    c.block_row(p, b, &mut codes[k * OCT * cols..]);
+                    c.block_row(p, b, &mut sums[k * OCT * cols..]);
                 }
                 for (j, o) in c.block_channels(b).enumerate() {
                     let dst = &mut out[(o * n + r) * ow..][..ow];
-                    if self.geo.pool.is_some() {
-                        let window = (j * cols, OCT * cols, pairs.len());
-                        pool_row(&codes, window, (cw, ww), &mut max, dst);
+                    let window = (j * cols, OCT * cols, pairs.len());
+                    if self.geo.pool.is_none() {
+                        c.requant_row(o, &sums[j * cols..][..cw], dst);
+                    } else if on_sums {
+                        // The max sum of each window, then one code per window.
+                        pool_row(&sums, window, (cw, ww), &mut max, &mut pooled);
+                        c.requant_row(o, &pooled, dst);
                     } else {
-                        narrow(&codes[j * cols..][..cw], dst);
+                        // Codes first, then their max.
+                        for k in 0..pairs.len() {
+                            for s in &mut sums[(k * OCT + j) * cols..][..cw] {
+                                *s = c.requant.apply(o, *s) as i32;
+                            }
+                        }
+                        pool_row(&sums, window, (cw, ww), &mut max, &mut pooled);
+                        narrow(&pooled, dst);
                     }
                 }
             }
@@ -323,7 +335,7 @@ impl QConv {
 
 simd_fn! {
     /// Codes (in range) to their bytes.
-    fn narrow(codes: &[i16], out: &mut [u8]) {
+    fn narrow(codes: &[i32], out: &mut [u8]) {
         for (o, &c) in out.iter_mut().zip(codes) {
             *o = c as u8;
         }
@@ -331,16 +343,16 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// One pooled output row: the max over `n` rows of `w` codes
+    /// One pooled row: the max over `n` rows of `w` values
     /// (`rows[start + r * stride..][..w]`, `window = (start, stride, n)`), then over
-    /// windows of `ww` columns (the last one may be short), as bytes into `out`;
-    /// `max` is room for `w` codes.
+    /// windows of `ww` columns (the last one may be short), into `out`; `max` is
+    /// room for `w` values.
     fn pool_row(
-        rows: &[i16],
+        rows: &[i32],
         window: (usize, usize, usize),
         width: (usize, usize),
-        max: &mut [i16],
-        out: &mut [u8],
+        max: &mut [i32],
+        out: &mut [i32],
     ) {
         let ((start, stride, n), (w, ww)) = (window, width);
         let max = &mut max[..w];
@@ -352,14 +364,14 @@ simd_fn! {
         }
         if ww == 2 {
             for (o, pair) in out.iter_mut().zip(max.chunks_exact(2)) {
-                *o = pair[0].max(pair[1]) as u8;
+                *o = pair[0].max(pair[1]);
             }
             if w % 2 == 1 && out.len() > w / 2 {
-                out[w / 2] = max[w - 1] as u8;
+                out[w / 2] = max[w - 1];
             }
         } else {
             for (o, cols) in out.iter_mut().zip(max.chunks(ww)) {
-                *o = cols.iter().copied().max().unwrap_or(0) as u8;
+                *o = cols.iter().copied().max().unwrap_or(0);
             }
         }
     }

@@ -56,9 +56,6 @@ pub struct PackedQConv {
     pub pairs: usize,
     /// `ceil(oc / OCT)` blocks of `[pairs][OCT][2]` codes, zero past `oc`.
     weights: Vec<i16>,
-    /// Bias and scale of [`Requant`], zero past `oc` (up to whole blocks).
-    bias: Vec<i32>,
-    scale: Vec<f32>,
     pub requant: Requant,
     isa: Isa,
 }
@@ -150,10 +147,6 @@ impl PackedQConv {
                 }
             }
         }
-        let mut bias = requant.bias.clone();
-        let mut scale = requant.scale.clone();
-        bias.resize(blocks * OCT, 0);
-        scale.resize(blocks * OCT, 0.0);
         let isa = if isa.supported() { isa } else { Isa::Portable };
         PackedQConv {
             oc,
@@ -163,8 +156,6 @@ impl PackedQConv {
             layout,
             pairs,
             weights,
-            bias,
-            scale,
             requant,
             isa,
         }
@@ -314,10 +305,10 @@ impl PackedQConv {
         }
     }
 
-    /// One output row of the channels of block `b`, requantized, from its pair
-    /// rows: channel `j` of the block goes to `out[j * cols..][..cols]` (the first
+    /// One output row of the channels of block `b` from its pair rows: channel
+    /// `j`'s i32 sums (bias not added) go to `out[j * cols..][..cols]` (the first
     /// `ow` columns are the row; channels past `oc` hold nothing of use).
-    pub fn block_row(&self, rows: &PairRows, b: usize, out: &mut [i16]) {
+    pub fn block_row(&self, rows: &PairRows, b: usize, out: &mut [i32]) {
         assert!(b < self.blocks(), "block outside the output");
         let cols = rows.cols;
         let t = QTile {
@@ -325,9 +316,6 @@ impl PackedQConv {
             offsets: rows.offsets,
             cols,
             weights: &self.weights[b * self.pairs * OCT * 2..][..self.pairs * OCT * 2],
-            bias: self.bias[b * OCT..][..OCT].try_into().unwrap(),
-            scale: self.scale[b * OCT..][..OCT].try_into().unwrap(),
-            requant: &self.requant,
         };
         let out = &mut out[..OCT * cols];
         // Tiles of PX, the last one shifted left to end at the row's end.
@@ -339,7 +327,31 @@ impl PackedQConv {
         }
     }
 
-    fn tile(&self, t: &QTile, x: usize, out: &mut [i16], stride: usize) {
+    /// Output channel `o`'s codes of `sums` (from [`PackedQConv::block_row`]) as
+    /// bytes (`u8`, or `i8` as bytes) into `out`.
+    pub fn requant_row(&self, o: usize, sums: &[i32], out: &mut [u8]) {
+        let r = &self.requant;
+        let (bias, scale) = (r.bias[o], r.scale[o]);
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `tile`.
+            Isa::Avx2Fma | Isa::Avx512 => unsafe { avx2::requant_row(r, bias, scale, sums, out) },
+            _ => portable::requant_row(r, bias, scale, sums, out),
+        }
+    }
+
+    /// Whether the max of codes is the code of the max sum, so that a max pool
+    /// can run on the sums and requantize 1 value per window: true when no
+    /// scale is negative and no sum plus bias can wrap (the requantization is
+    /// then non-decreasing).
+    pub fn pools_on_sums(&self) -> bool {
+        // Centred codes are within ±255, weight codes within ±128.
+        let most = (2 * self.pairs * 255 * 128) as i64;
+        let bias = self.requant.bias.iter().map(|b| (*b as i64).abs()).max();
+        self.requant.scale.iter().all(|&s| s >= 0.0) && most + bias.unwrap_or(0) <= i32::MAX as i64
+    }
+
+    fn tile(&self, t: &QTile, x: usize, out: &mut [i32], stride: usize) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2Fma` and above are only stored (see `with_isa`)
@@ -407,8 +419,8 @@ impl Source<'_> {
     }
 }
 
-/// What a tile reads: the pair rows of one output row and one block's weights
-/// and requantization. Built only by [`PackedQConv::block_row`].
+/// What a tile reads: the pair rows of one output row and one block's weights.
+/// Built only by [`PackedQConv::block_row`].
 pub(super) struct QTile<'a> {
     /// Pair rows: pair `p` of the pixel at column `x` is `data[2 * (offsets[p] +
     /// x)..][..2]`.
@@ -420,10 +432,6 @@ pub(super) struct QTile<'a> {
     pub cols: usize,
     /// `[pairs][OCT][2]`.
     pub weights: &'a [i16],
-    pub bias: &'a [i32; OCT],
-    pub scale: &'a [f32; OCT],
-    /// Zero point and range (the block's bias and scale are above).
-    pub requant: &'a Requant,
 }
 
 simd_fn! {
@@ -550,10 +558,13 @@ mod tests {
                     p.block_row(&pairs, b, &mut rows[b * OCT * input.cols..]);
                 }
                 for o in 0..oc {
-                    for xx in 0..w {
-                        let sum = want[(o * h + y) * w + xx] as i32;
-                        let got = rows[o * input.cols + xx];
-                        assert_eq!(got, requant.apply(o, sum), "{isa:?} {o} {y} {xx}");
+                    let sums = &rows[o * input.cols..][..w];
+                    let mut got = vec![0u8; w];
+                    p.requant_row(o, sums, &mut got);
+                    for (xx, (&sum, &got)) in sums.iter().zip(&got).enumerate() {
+                        assert_eq!(sum as i64, want[(o * h + y) * w + xx]);
+                        let code = requant.apply(o, sum) as u8;
+                        assert_eq!(got, code, "{isa:?} {o} {y} {xx}");
                     }
                 }
             }
@@ -645,22 +656,27 @@ mod tests {
                 };
                 let input = p.pack_input(&image, (h, w), pad, seed % 2 == 0);
                 let mut scratch = RowScratch::default();
-                let mut got = vec![i16::MIN; oc * oh * ow];
+                let mut sums = vec![i32::MIN; oc * oh * ow];
+                let mut got = vec![0u8; oc * oh * ow];
                 for y in 0..oh {
                     let pairs = p.pair_rows(&input, y, &mut scratch);
                     // Blocks in reverse: each row stands alone.
                     for b in (0..p.blocks()).rev() {
-                        let mut rows = vec![i16::MIN; OCT * input.cols];
+                        let mut rows = vec![i32::MIN; OCT * input.cols];
                         p.block_row(&pairs, b, &mut rows);
                         for (j, o) in p.block_channels(b).enumerate() {
                             let row = &rows[j * input.cols..][..ow];
-                            got[(o * oh + y) * ow..][..ow].copy_from_slice(row);
+                            sums[(o * oh + y) * ow..][..ow].copy_from_slice(row);
+                            let codes = &mut got[(o * oh + y) * ow..][..ow];
+                            p.requant_row(o, row, codes);
                         }
                     }
                 }
-                for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                for (i, ((&g, &sum), &s)) in got.iter().zip(&sums).zip(&want).enumerate() {
                     let o = i / (oh * ow);
-                    assert_eq!(g, requant.apply(o, s as i32), "{isa:?} case {seed} at {i}");
+                    assert_eq!(sum as i64, s, "{isa:?} case {seed}: sum at {i}");
+                    let code = requant.apply(o, s as i32) as u8;
+                    assert_eq!(g, code, "{isa:?} case {seed}: code at {i}");
                 }
             }
         }

@@ -3,11 +3,12 @@
 //! and the reference the AVX2 kernels are tested against.
 
 use super::packed::{OCT, PX, QTile};
+use super::qdq::Requant;
 
-/// [`OCT`] channels x [`PX`] pixels at column `x`, requantized: channel `j` to
+/// [`OCT`] channels x [`PX`] pixels at column `x`: channel `j`'s i32 sums to
 /// `out[j * stride + x..][..PX]`.
 #[inline(always)]
-pub(super) fn tile(t: &QTile, x: usize, out: &mut [i16], stride: usize) {
+pub(super) fn tile(t: &QTile, x: usize, out: &mut [i32], stride: usize) {
     assert!(x + PX <= t.cols && t.weights.len() == t.offsets.len() * OCT * 2);
     let mut acc = [[0i32; PX]; OCT];
     for (&off, w) in t.offsets.iter().zip(t.weights.chunks_exact(OCT * 2)) {
@@ -19,11 +20,15 @@ pub(super) fn tile(t: &QTile, x: usize, out: &mut [i16], stride: usize) {
             }
         }
     }
-    let r = t.requant;
     for (j, acc) in acc.iter().enumerate() {
-        for (o, &a) in out[j * stride + x..][..PX].iter_mut().zip(acc) {
-            *o = r.code(a.wrapping_add(t.bias[j]), t.scale[j]);
-        }
+        out[j * stride + x..][..PX].copy_from_slice(acc);
+    }
+}
+
+/// The codes of one channel's `sums` (bias not yet added) as bytes.
+pub(super) fn requant_row(r: &Requant, bias: i32, scale: f32, sums: &[i32], out: &mut [u8]) {
+    for (o, &s) in out.iter_mut().zip(sums) {
+        *o = r.code(s.wrapping_add(bias), scale) as u8;
     }
 }
 
