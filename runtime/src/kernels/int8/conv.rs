@@ -328,7 +328,6 @@ impl QConv {
                 }
             }
         }
-        drop(out_view);
         Ok(output)
     }
 }

@@ -654,7 +654,7 @@ mod tests {
                         zero_point: zp,
                     }
                 };
-                let input = p.pack_input(&image, (h, w), pad, seed % 2 == 0);
+                let input = p.pack_input(&image, (h, w), pad, seed.is_multiple_of(2));
                 let mut scratch = RowScratch::default();
                 let mut sums = vec![i32::MIN; oc * oh * ow];
                 let mut got = vec![0u8; oc * oh * ow];
