@@ -208,13 +208,25 @@ impl PackedQConv {
                     tmp.resize(2 * w, 0);
                     let (a, b) = tmp.split_at_mut(w);
                     for (p, dst) in dst.chunks_exact_mut(pwa * 2).enumerate() {
-                        image.row((2 * p * h + y) * w, a);
-                        if 2 * p + 1 < self.ic {
-                            image.row(((2 * p + 1) * h + y) * w, b);
-                        } else {
-                            b.fill(0);
+                        let dst = &mut dst[left * 2..][..2 * w];
+                        let (first, second) = ((2 * p * h + y) * w, ((2 * p + 1) * h + y) * w);
+                        match image {
+                            // Codes of both channels in one pass.
+                            Source::Codes { codes, .. } if 2 * p + 1 < self.ic => {
+                                let (flip, offset) = image.centring();
+                                let (a, b) = (&codes[first..][..w], &codes[second..][..w]);
+                                centre_pairs(a, b, flip, offset, dst);
+                            }
+                            _ => {
+                                image.row(first, a);
+                                if 2 * p + 1 < self.ic {
+                                    image.row(second, b);
+                                } else {
+                                    b.fill(0);
+                                }
+                                interleave(a, b, dst);
+                            }
                         }
-                        interleave(a, b, &mut dst[left * 2..][..2 * w]);
                     }
                 }
             }
@@ -390,21 +402,27 @@ impl Source<'_> {
         }
     }
 
+    /// For codes: `(flip, offset)` such that a code's byte `c` is `(c ^ flip) as
+    /// i16 - offset` minus the zero point (an i8 code is the u8 `c ^ 0x80` minus
+    /// 128).
+    fn centring(&self) -> (u8, i16) {
+        match *self {
+            Source::Codes {
+                signed: true,
+                zero_point,
+                ..
+            } => (0x80, (zero_point + 128) as i16),
+            Source::Codes { zero_point, .. } => (0, zero_point as i16),
+            Source::Floats { .. } => (0, 0),
+        }
+    }
+
     /// The `dst.len()` values from `start` on, minus the zero point.
     fn row(&self, start: usize, dst: &mut [i16]) {
         match *self {
-            Source::Codes {
-                codes,
-                signed,
-                zero_point,
-            } => {
-                // An i8 code `c` is the u8 `c ^ 0x80` minus 128.
-                let (flip, offset) = if signed {
-                    (0x80, zero_point + 128)
-                } else {
-                    (0, zero_point)
-                };
-                centre(&codes[start..][..dst.len()], flip, offset as i16, dst);
+            Source::Codes { codes, .. } => {
+                let (flip, offset) = self.centring();
+                centre(&codes[start..][..dst.len()], flip, offset, dst);
             }
             Source::Floats {
                 values,
@@ -452,6 +470,16 @@ simd_fn! {
         for (d, &x) in dst.iter_mut().zip(x) {
             let code = ((x * multiplier).round_ties_even() as i32).wrapping_add(zp);
             *d = (code.clamp(lo, hi) - zero_point) as i16;
+        }
+    }
+}
+
+simd_fn! {
+    /// [`centre`] of two rows, interleaved: `dst[2i] = a[i]`, `dst[2i + 1] = b[i]`.
+    fn centre_pairs(a: &[u8], b: &[u8], flip: u8, offset: i16, dst: &mut [i16]) {
+        for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(a).zip(b) {
+            d[0] = (a ^ flip) as i16 - offset;
+            d[1] = (b ^ flip) as i16 - offset;
         }
     }
 }
