@@ -7,8 +7,10 @@
 //! and zero point (onnxruntime's QDQ form of conv + ReLU + pool: the ReLU is
 //! folded into the output's zero point), with the same geometry limits as the f32
 //! [`FusedConv`](crate::kernels::conv::FusedConv): stride 1, dilation 1, one
-//! group, NCHW, and a non-overlapping pool. The max of codes is the code of the
-//! max, so pooling runs on the requantized codes, a few rows at a time.
+//! group, NCHW, and a non-overlapping pool. The requantization is non-decreasing
+//! (unless a scale is negative or a bias can wrap a sum), so the pool takes the
+//! max of the i32 sums and requantizes one value per window; otherwise it takes
+//! the max of the codes. Threads take bands of output rows.
 
 use std::sync::Arc;
 
