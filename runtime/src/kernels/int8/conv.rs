@@ -1,13 +1,16 @@
 //! A quantized convolution (+ ReLU) (+ max pool) as one tract op on 8-bit
 //! tensors.
 //!
-//! Matches `DequantizeLinear → Conv [→ Relu] → QuantizeLinear`, optionally
+//! Matches `[QuantizeLinear →] DequantizeLinear → Conv [→ Relu] → QuantizeLinear`
+//! (the first `QuantizeLinear` when the input is a float tensor), optionally
 //! followed by `DequantizeLinear → MaxPool → QuantizeLinear` with the same step
 //! and zero point (onnxruntime's QDQ form of conv + ReLU + pool: the ReLU is
 //! folded into the output's zero point), with the same geometry limits as the f32
 //! [`FusedConv`](crate::kernels::conv::FusedConv): stride 1, dilation 1, one
-//! group, NCHW, and a non-overlapping pool. The max of codes is the code of the
-//! max, so pooling runs on the requantized codes, a few rows at a time.
+//! group, NCHW, and a non-overlapping pool. The requantization is non-decreasing
+//! (unless a scale is negative or a bias can wrap a sum), so the pool takes the
+//! max of the i32 sums and requantizes one value per window; otherwise it takes
+//! the max of the codes. Threads take bands of output rows.
 
 use std::sync::Arc;
 
@@ -16,16 +19,34 @@ use tract_nnef::tract_core::internal::*;
 use tract_nnef::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool};
 use tract_nnef::tract_core::ops::nn::DataFormat;
 
-use super::packed::{PackedQConv, QOCB};
+use super::packed::{OCT, PackedInput, PackedQConv, RowScratch, Source};
 use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
 use crate::kernels::conv::{Geometry, concrete, pool_window};
 use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
+use crate::kernels::simd::simd_fn;
 
-/// Whether node `id` (a `DequantizeLinear`) starts a chain [`QConv`] runs.
+/// Whether node `id` starts a chain [`QConv`] runs: a `DequantizeLinear`, or the
+/// `QuantizeLinear` of a float tensor before one (the model's input, for the
+/// first layer: quantized as the rows are packed, one pass less).
 pub(in crate::kernels) fn plan_fusion(
     model: &TypedModel,
     id: usize,
 ) -> TractResult<Option<Fusion<QConv>>> {
+    let node = model.node(id);
+    if let Some(quantize) = quantize_params(node)
+        && model.outlet_fact(node.inputs[0])?.datum_type == f32::datum_type()
+        && let Some(dq) = sole_successor(model, id)?
+        && let Some(mut fusion) = plan_from_dequantize(model, dq.id)?
+    {
+        fusion.op.quantize = Some(quantize);
+        fusion.nodes.insert(0, id);
+        return Ok(Some(fusion));
+    }
+    plan_from_dequantize(model, id)
+}
+
+/// Whether `DequantizeLinear` node `id` starts a chain [`QConv`] runs.
+fn plan_from_dequantize(model: &TypedModel, id: usize) -> TractResult<Option<Fusion<QConv>>> {
     let Some(input_q) = dequantize_params(model, model.node(id))? else {
         return Ok(None);
     };
@@ -130,8 +151,12 @@ pub(in crate::kernels) fn plan_fusion(
         None => None,
     };
     let requant = Requant::new(&input_q, &scales, bias.as_deref(), relu, &output_q);
+    if !requant.is_finite() {
+        return Ok(None);
+    }
     let op = QConv {
         conv: Arc::new(PackedQConv::new(&codes, (oc, ic, kh, kw), requant)),
+        quantize: None,
         input: input_q,
         output: output_q.act,
         geo: Geometry {
@@ -148,6 +173,8 @@ pub(in crate::kernels) fn plan_fusion(
 #[derive(Debug, Clone)]
 pub struct QConv {
     conv: Arc<PackedQConv>,
+    /// The `QuantizeLinear` of a float input, when the op starts there.
+    quantize: Option<QParams>,
     /// How the input is quantized.
     input: QParams,
     output: Act,
@@ -157,6 +184,7 @@ pub struct QConv {
 impl PartialEq for QConv {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.conv, &other.conv)
+            && self.quantize == other.quantize
             && self.input == other.input
             && self.output == other.output
             && self.geo == other.geo
@@ -166,37 +194,47 @@ impl PartialEq for QConv {
 impl Eq for QConv {}
 
 impl QConv {
-    /// Output channel `blocks` (of [`QOCB`]) of one packed image into `out`,
-    /// their channel planes.
-    fn run_blocks(&self, input: &[i16], blocks: std::ops::Range<usize>, out: &mut [i16]) {
+    /// Output rows `rows` (after the pool, if any) of every channel of one packed
+    /// image into `out`, `[oc][rows.len()][ow]` codes (`u8`, or `i8` as bytes).
+    fn run_rows(&self, input: &PackedInput, rows: std::ops::Range<usize>, out: &mut [u8]) {
         let c = &*self.conv;
-        let padded = self.geo.padded_hw();
-        let (ch, cw) = self.geo.conv_hw();
-        let first = blocks.start * QOCB;
-        match self.geo.pool {
-            None => {
-                let plane = ch * cw;
-                for y in 0..ch {
-                    for b in blocks.clone() {
-                        let start = (b * QOCB - first) * plane + y * cw;
-                        c.row(input, padded, y, b, &mut out[start..], plane);
-                    }
+        let (ch, cw, cols) = (input.oh, input.ow, input.cols);
+        let (wh, ww) = self.geo.pool.map_or((1, 1), |(wh, ww, _, _)| (wh, ww));
+        let (n, ow) = (rows.len(), self.geo.output_hw().1);
+        let on_sums = c.pools_on_sums();
+        // The pair rows of each conv row of a pool window, and the block's sums
+        // for them: [row][OCT][cols].
+        let mut scratch: Vec<RowScratch> = (0..wh).map(|_| RowScratch::default()).collect();
+        let mut sums = vec![0i32; wh * OCT * cols];
+        let (mut max, mut pooled) = (vec![0i32; cw], vec![0i32; ow]);
+        for (r, py) in rows.enumerate() {
+            let window = py * wh..((py + 1) * wh).min(ch);
+            let pairs: Vec<_> = window
+                .zip(scratch.iter_mut())
+                .map(|(y, s)| c.pair_rows(input, y, s))
+                .collect();
+            for b in 0..c.blocks() {
+                for (k, p) in pairs.iter().enumerate() {
+                    c.block_row(p, b, &mut sums[k * OCT * cols..]);
                 }
-            }
-            Some((wh, ww, oh, ow)) => {
-                let plane = oh * ow;
-                let mut rows = vec![0i16; QOCB * wh * cw];
-                for py in 0..oh {
-                    let window = py * wh..((py + 1) * wh).min(ch);
-                    for b in blocks.clone() {
-                        for (r, y) in window.clone().enumerate() {
-                            c.row(input, padded, y, b, &mut rows[r * cw..], wh * cw);
+                for (j, o) in c.block_channels(b).enumerate() {
+                    let dst = &mut out[(o * n + r) * ow..][..ow];
+                    let window = (j * cols, OCT * cols, pairs.len());
+                    if self.geo.pool.is_none() {
+                        c.requant_row(o, &sums[j * cols..][..cw], dst);
+                    } else if on_sums {
+                        // The max sum of each window, then one code per window.
+                        pool_row(&sums, window, (cw, ww), &mut max, &mut pooled);
+                        c.requant_row(o, &pooled, dst);
+                    } else {
+                        // Codes first, then their max.
+                        for k in 0..pairs.len() {
+                            for s in &mut sums[(k * OCT + j) * cols..][..cw] {
+                                *s = c.requant.apply(o, *s) as i32;
+                            }
                         }
-                        for (k, o) in c.block_channels(b).enumerate() {
-                            let channel = &rows[k * wh * cw..][..window.len() * cw];
-                            let dst = &mut out[(o - first) * plane + py * ow..][..ow];
-                            pool_rows(channel, cw, ww, dst);
-                        }
+                        pool_row(&sums, window, (cw, ww), &mut max, &mut pooled);
+                        narrow(&pooled, dst);
                     }
                 }
             }
@@ -210,6 +248,9 @@ impl QConv {
             "int8 {}x{} conv {}->{} channels, pad {:?}",
             c.kh, c.kw, c.ic, c.oc, self.geo.pad
         );
+        if self.quantize.is_some() {
+            s = format!("quantize f32, {s}");
+        }
         if let Some((wh, ww, _, _)) = self.geo.pool {
             s += &format!(", {wh}x{ww} max pool");
         }
@@ -220,12 +261,13 @@ impl QConv {
     fn run(&self, input: &Tensor) -> TractResult<Tensor> {
         let c = &*self.conv;
         let (h, w) = self.geo.input_hw;
+        let want = match self.quantize {
+            Some(_) => f32::datum_type(),
+            None => self.input.act.datum_type(),
+        };
         ensure!(
-            input.datum_type() == self.input.act.datum_type()
-                && input.rank() == 4
-                && input.shape()[1..] == [c.ic, h, w],
-            "FennecQConv expects {:?} [N, {}, {h}, {w}], got {:?} {:?}",
-            self.input.act.datum_type(),
+            input.datum_type() == want && input.rank() == 4 && input.shape()[1..] == [c.ic, h, w],
+            "FennecQConv expects {want:?} [N, {}, {h}, {w}], got {:?} {:?}",
             c.ic,
             input.datum_type(),
             input.shape()
@@ -233,46 +275,106 @@ impl QConv {
         let n = input.shape()[0];
         let (oh, ow) = self.geo.output_hw();
         let plane = oh * ow;
-        let centred = self.input.act.centred(input, self.input.zero_point)?;
-        let mut out = vec![0i16; n * c.oc * plane];
+        let view = input.try_as_plain_ram()?;
+        let image_len = c.ic * h * w;
+        let zero_point = self.input.zero_point;
+        let image = |i: usize| -> TractResult<Source> {
+            Ok(match self.quantize {
+                Some(quantize) => Source::Floats {
+                    values: &view.as_slice::<f32>()?[i * image_len..][..image_len],
+                    quantize,
+                    zero_point,
+                },
+                None => Source::Codes {
+                    codes: &view.as_bytes()[i * image_len..][..image_len],
+                    signed: self.input.act == Act::I8,
+                    zero_point,
+                },
+            })
+        };
+        let mut output = Tensor::zero_dt(self.output.datum_type(), &[n, c.oc, oh, ow])?;
+        let mut out_view = output.try_as_plain_ram_mut()?;
+        // Threads take bands of output rows, each into its own buffer.
         let threads = inference_pool();
         let parts = threads
             .as_ref()
             .map_or(1, |p| p.current_num_threads())
-            .clamp(1, c.blocks());
-        let per_part = c.blocks().div_ceil(parts);
-        for (image, out_image) in centred
-            .chunks_exact(c.ic * h * w)
-            .zip(out.chunks_mut(c.oc * plane))
-        {
-            let packed = c.pack_input(image, (h, w), self.geo.pad);
-            let job = |(p, chunk): (usize, &mut [i16])| {
-                let blocks = p * per_part..((p + 1) * per_part).min(c.blocks());
-                self.run_blocks(&packed, blocks, chunk)
-            };
-            let chunk = per_part * QOCB * plane;
+            .clamp(1, oh);
+        let band = |p: usize| p * oh / parts..(p + 1) * oh / parts;
+        for (i, out_image) in out_view.as_bytes_mut().chunks_mut(c.oc * plane).enumerate() {
+            let image = image(i)?;
             match &threads {
                 Some(pool) if parts > 1 => {
-                    pool.install(|| out_image.par_chunks_mut(chunk).enumerate().for_each(job))
+                    let bands: Vec<Vec<u8>> = pool.install(|| {
+                        let packed = c.pack_input(&image, (h, w), self.geo.pad, true);
+                        (0..parts)
+                            .into_par_iter()
+                            .map(|p| {
+                                let mut out = vec![0; c.oc * band(p).len() * ow];
+                                self.run_rows(&packed, band(p), &mut out);
+                                out
+                            })
+                            .collect()
+                    });
+                    for (p, out) in bands.iter().enumerate() {
+                        let rows = band(p);
+                        for (o, src) in out.chunks_exact(rows.len() * ow).enumerate() {
+                            out_image[(o * oh + rows.start) * ow..][..src.len()]
+                                .copy_from_slice(src);
+                        }
+                    }
                 }
-                _ => out_image.chunks_mut(chunk).enumerate().for_each(job),
+                _ => {
+                    let packed = c.pack_input(&image, (h, w), self.geo.pad, false);
+                    self.run_rows(&packed, 0..oh, out_image)
+                }
             }
         }
-        self.output.tensor(&[n, c.oc, oh, ow], &out)
+        Ok(output)
     }
 }
 
-/// Max over the rows of `rows` (each `w` wide), then over windows of `ww`
-/// columns (the last one may be short) into `out`.
-fn pool_rows(rows: &[i16], w: usize, ww: usize, out: &mut [i16]) {
-    for (x, o) in out.iter_mut().enumerate() {
-        let cols = x * ww..((x + 1) * ww).min(w);
-        *o = rows
-            .chunks_exact(w)
-            .flat_map(|r| &r[cols.clone()])
-            .copied()
-            .max()
-            .unwrap_or(i16::MIN);
+simd_fn! {
+    /// Codes (in range) to their bytes.
+    fn narrow(codes: &[i32], out: &mut [u8]) {
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = c as u8;
+        }
+    }
+}
+
+simd_fn! {
+    /// One pooled row: the max over `n` rows of `w` values
+    /// (`rows[start + r * stride..][..w]`, `window = (start, stride, n)`), then over
+    /// windows of `ww` columns (the last one may be short), into `out`; `max` is
+    /// room for `w` values.
+    fn pool_row(
+        rows: &[i32],
+        window: (usize, usize, usize),
+        width: (usize, usize),
+        max: &mut [i32],
+        out: &mut [i32],
+    ) {
+        let ((start, stride, n), (w, ww)) = (window, width);
+        let max = &mut max[..w];
+        max.copy_from_slice(&rows[start..][..w]);
+        for r in 1..n {
+            for (m, &v) in max.iter_mut().zip(&rows[start + r * stride..][..w]) {
+                *m = (*m).max(v);
+            }
+        }
+        if ww == 2 {
+            for (o, pair) in out.iter_mut().zip(max.chunks_exact(2)) {
+                *o = pair[0].max(pair[1]);
+            }
+            if w % 2 == 1 && out.len() > w / 2 {
+                out[w / 2] = max[w - 1];
+            }
+        } else {
+            for (o, cols) in out.iter_mut().zip(max.chunks(ww)) {
+                *o = cols.iter().copied().max().unwrap_or(0);
+            }
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! recomputes the f32 copy of big weight matrices (model_3's 96,800 x 128 dense
 //! layer) from the int8 codes on every run. This pass replaces the patterns
 //!
-//! - `DQ → Conv [→ Relu] → Q [→ DQ → MaxPool → Q]` by a [`QConv`]
+//! - `[Q →] DQ → Conv [→ Relu] → Q [→ DQ → MaxPool → Q]` by a [`QConv`] (with
+//!   the first `Q` when its input is a float tensor: the model's input)
 //!   (`conv.rs`: the tract op; `packed.rs`: weights and row driver;
 //!   `portable.rs`, `avx2.rs`: the kernels), and
 //! - `DQ → MatMul/Gemm [→ + bias] [→ Relu] → Q` by a [`QDense`] (`dense.rs`),

@@ -1,26 +1,35 @@
 //! The int8 kernels in plain Rust: the baseline everywhere (NEON on ARM, where
 //! the compiler turns the i16 x i16 → i32 loops into widening multiply-adds),
-//! and the last few pixels of narrow rows.
+//! and the reference the AVX2 kernels are tested against.
 
-use super::packed::{QOCB, QTile};
+use super::packed::{OCT, PX, QTile};
+use super::qdq::Requant;
 
-/// [`QOCB`] channels x `P` pixels at column `x`: i32 sums of the tile.
+/// [`OCT`] channels x [`PX`] pixels at column `x`: channel `j`'s i32 sums to
+/// `out[j * stride + x..][..PX]`.
 #[inline(always)]
-pub(super) fn tile<const P: usize>(t: &QTile, x: usize) -> [[i32; QOCB]; P] {
-    let mut acc = [[0i32; QOCB]; P];
-    for ky in 0..t.kh {
-        let w = t.row_weights(ky);
-        for (p, acc) in acc.iter_mut().enumerate() {
-            let src = t.source(ky, x + p);
-            for (pair, w) in src.chunks_exact(2).zip(w.chunks_exact(2 * QOCB)) {
-                let (a, b) = (pair[0] as i32, pair[1] as i32);
-                for (s, w) in acc.iter_mut().zip(w.chunks_exact(2)) {
-                    *s += a * w[0] as i32 + b * w[1] as i32;
-                }
+pub(super) fn tile(t: &QTile, x: usize, out: &mut [i32], stride: usize) {
+    assert!(x + PX <= t.cols && t.weights.len() == t.offsets.len() * OCT * 2);
+    let mut acc = [[0i32; PX]; OCT];
+    for (&off, w) in t.offsets.iter().zip(t.weights.chunks_exact(OCT * 2)) {
+        let src = &t.data[2 * (off + x)..][..2 * PX];
+        for (acc, w) in acc.iter_mut().zip(w.chunks_exact(2)) {
+            let (w0, w1) = (w[0] as i32, w[1] as i32);
+            for (s, pair) in acc.iter_mut().zip(src.chunks_exact(2)) {
+                *s = s.wrapping_add(pair[0] as i32 * w0 + pair[1] as i32 * w1);
             }
         }
     }
-    acc
+    for (j, acc) in acc.iter().enumerate() {
+        out[j * stride + x..][..PX].copy_from_slice(acc);
+    }
+}
+
+/// The codes of one channel's `sums` (bias not yet added) as bytes.
+pub(super) fn requant_row(r: &Requant, bias: i32, scale: f32, sums: &[i32], out: &mut [u8]) {
+    for (o, &s) in out.iter_mut().zip(sums) {
+        *o = r.code(s.wrapping_add(bias), scale) as u8;
+    }
 }
 
 /// Lanes of the dense dot products (a multiple of every SIMD width in use).

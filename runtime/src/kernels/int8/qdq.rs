@@ -248,10 +248,22 @@ impl Requant {
     /// The output code of channel `o` for the sum `acc` (bias not yet added).
     #[inline(always)]
     pub fn apply(&self, o: usize, acc: i32) -> i16 {
-        let v = (acc.wrapping_add(self.bias[o]) as f32 * self.scale[o]).round_ties_even();
+        self.code(acc.wrapping_add(self.bias[o]), self.scale[o])
+    }
+
+    /// The output code of a sum with its bias added, with its channel's `scale`.
+    #[inline(always)]
+    pub fn code(&self, sum: i32, scale: f32) -> i16 {
+        let v = (sum as f32 * scale).round_ties_even();
         (v as i32)
             .saturating_add(self.zero_point)
             .clamp(self.lo, self.hi) as i16
+    }
+
+    /// Whether every scale is finite, as the vector kernels need (they clamp in
+    /// float before rounding, which a NaN would pass through differently).
+    pub fn is_finite(&self) -> bool {
+        self.scale.iter().all(|s| s.is_finite())
     }
 }
 
