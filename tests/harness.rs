@@ -128,3 +128,14 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// Sends SIGTERM to `pid` (what systemd and Kubernetes send to stop a service).
+pub fn sigterm(pid: u32) {
+    let pid = pid.to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}

@@ -428,14 +428,7 @@ fn sigterm_finishes_requests_in_flight() {
     c.stream().write_all(head.as_bytes()).unwrap();
     c.stream().write_all(&red[..red.len() / 2]).unwrap();
     server.wait_metric("fennec_requests_in_flight", 1.0);
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(server.child.id());
     // New connections are refused once the listener is closed.
     let deadline = Instant::now() + Duration::from_secs(30);
     while Client::connect(server.addr).is_ok() {

@@ -187,14 +187,7 @@ fn watching_scores_arrivals_moves_them_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "not scored: {:?}", lines(&out));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(child.id());
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     child

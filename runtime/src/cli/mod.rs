@@ -13,9 +13,9 @@ mod model;
 mod predict;
 #[cfg(feature = "onnx")]
 mod quantize;
+mod scale_out;
 #[cfg(feature = "serve")]
 mod serve;
-mod scale_out;
 mod table;
 mod watch;
 
