@@ -376,12 +376,7 @@ mod tests {
             )]),
             ..State::default()
         };
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        recover(&mut f, &path, &mut state).unwrap();
+        recover(&mut open_results(&path), &path, &mut state).unwrap();
         assert_eq!(state.done.len(), 2);
         assert_eq!(
             state.done["b.png"],
@@ -405,13 +400,17 @@ mod tests {
             results_len: 500,
             ..State::default()
         };
-        let mut f = fs::OpenOptions::new()
+        recover(&mut open_results(&path), &path, &mut state).unwrap();
+        assert_eq!(state.results_len, 0);
+    }
+
+    /// The results file opened as `watch` opens it: read and append.
+    fn open_results(path: &Path) -> fs::File {
+        fs::OpenOptions::new()
             .read(true)
             .append(true)
-            .open(&path)
-            .unwrap();
-        recover(&mut f, &path, &mut state).unwrap();
-        assert_eq!(state.results_len, 0);
+            .open(path)
+            .unwrap()
     }
 
     fn names(ready: &[(String, Seen)]) -> Vec<&str> {
