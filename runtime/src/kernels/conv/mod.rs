@@ -47,25 +47,12 @@ pub(super) fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<F
     };
     let spec = &conv.pool_spec;
     let x_fact = model.outlet_fact(node.inputs[0])?;
-    if conv.q_params.is_some()
-        || conv.group != 1
-        || conv.kernel_fmt != KernelFormat::OIHW
-        || spec.data_format != DataFormat::NCHW
-        || spec.rank() != 2
-        || x_fact.datum_type != f32::datum_type()
-        || x_fact.rank() != 4
-        || (0..2).any(|a| spec.stride(a) != 1 || spec.dilation(a) != 1)
-    {
+    if x_fact.datum_type != f32::datum_type() {
         return Ok(None);
     }
-    let Some([ic, ih, iw]) = concrete(&x_fact.shape[1..]) else {
+    let Some(([ic, ih, iw], [oc, kh, kw])) = plain_conv(conv, x_fact) else {
         return Ok(None);
     };
-    let (oc, kh, kw) = (
-        spec.output_channels,
-        spec.kernel_shape[0],
-        spec.kernel_shape[1],
-    );
     let Some(kernel) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
         return Ok(None);
     };
@@ -129,6 +116,33 @@ pub(super) fn plan_fusion(model: &TypedModel, id: usize) -> TractResult<Option<F
         },
     };
     Ok(Some(Fusion { op, nodes }))
+}
+
+/// The sizes of a convolution the fused kernels (f32 and int8) can run:
+/// `([ic, ih, iw], [oc, kh, kw])` when it is 2-D, NCHW with an OIHW kernel, one
+/// group, stride and dilation 1, not quantized by tract, on an input of known size.
+pub(in crate::kernels) fn plain_conv(
+    conv: &Conv,
+    x_fact: &TypedFact,
+) -> Option<([usize; 3], [usize; 3])> {
+    let spec = &conv.pool_spec;
+    if conv.q_params.is_some()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.data_format != DataFormat::NCHW
+        || spec.rank() != 2
+        || x_fact.rank() != 4
+        || (0..2).any(|a| spec.stride(a) != 1 || spec.dilation(a) != 1)
+    {
+        return None;
+    }
+    let input = concrete(&x_fact.shape[1..])?;
+    let kernel = [
+        spec.output_channels,
+        spec.kernel_shape[0],
+        spec.kernel_shape[1],
+    ];
+    Some((input, kernel))
 }
 
 pub(in crate::kernels) fn concrete<const N: usize>(dims: &[TDim]) -> Option<[usize; N]> {

@@ -16,12 +16,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use tract_nnef::tract_core::internal::*;
-use tract_nnef::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool};
-use tract_nnef::tract_core::ops::nn::DataFormat;
+use tract_nnef::tract_core::ops::cnn::{Conv, MaxPool};
 
 use super::packed::{OCT, PackedInput, PackedQConv, RowScratch, Source};
 use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
-use crate::kernels::conv::{Geometry, concrete, pool_window};
+use crate::kernels::conv::{Geometry, plain_conv, pool_window};
 use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, is_relu, sole_successor};
 use crate::kernels::simd::simd_fn;
 
@@ -58,25 +57,12 @@ fn plan_from_dequantize(model: &TypedModel, id: usize) -> TractResult<Option<Fus
     };
     let spec = &conv.pool_spec;
     let x_fact = model.outlet_fact(node.inputs[0])?;
-    if node.inputs[0] != OutletId::new(id, 0)
-        || conv.q_params.is_some()
-        || conv.group != 1
-        || conv.kernel_fmt != KernelFormat::OIHW
-        || spec.data_format != DataFormat::NCHW
-        || spec.rank() != 2
-        || x_fact.rank() != 4
-        || (0..2).any(|a| spec.stride(a) != 1 || spec.dilation(a) != 1)
-    {
+    if node.inputs[0] != OutletId::new(id, 0) {
         return Ok(None);
     }
-    let Some([ic, ih, iw]) = concrete(&x_fact.shape[1..]) else {
+    let Some(([ic, ih, iw], [oc, kh, kw])) = plain_conv(conv, x_fact) else {
         return Ok(None);
     };
-    let (oc, kh, kw) = (
-        spec.output_channels,
-        spec.kernel_shape[0],
-        spec.kernel_shape[1],
-    );
     let Some(kernel) = constant(model, node.inputs[1])? else {
         return Ok(None);
     };
