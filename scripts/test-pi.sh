@@ -3,23 +3,31 @@
 # they give the x86 build's answers: the same labels, in the same order, with
 # probabilities (and eval metrics) within 1e-4.
 #
-# Usage: FENNEC_PI_TESTS=1 scripts/test-pi.sh [--target aarch64|armv7|all] [--no-build]
-#        [--bench] [--lite|--lite-only] [--profile NAME]
+# Usage: FENNEC_PI_TESTS=1 scripts/test-pi.sh [--target aarch64|armv7|armv6|all]
+#        [--libc static|gnu] [--no-build] [--bench] [--lite|--lite-only] [--profile NAME]
 #
-# Without FENNEC_PI_TESTS=1 it prints SKIP and exits 0: the two cold cross builds
-# take ~20 min each on 2 cores, more than CI's budget leaves. It builds with
-# scripts/build-pi.sh (incremental after the first run) unless --no-build, the x86
-# reference with `cargo build` (the dev profile the e2e tests use: Rust does not
+# Without FENNEC_PI_TESTS=1 it prints SKIP and exits 0 (.ci/run sets it for aarch64).
+# It builds with scripts/build-pi.sh (incremental after the first run) unless
+# --no-build, the x86 reference with `cargo build --workspace` (the dev profile the
+# e2e tests use, so after `cargo test --workspace` nothing is rebuilt: Rust does not
 # reorder float operations, so the answers do not depend on the profile), and the
-# fixtures (tests/examples/pi_fixtures.rs) with the tests crate. --bench adds a `fennec bench` smoke figure
-# per target (emulated time, not device time). --lite also tests the lite build
-# on the NNEF-converted models (--lite-only: only that). --profile tests the binaries built with that
-# cargo profile (build-pi.sh --profile; default pi).
+# fixtures (tests/examples/pi_fixtures.rs). What is checked on each target: the
+# shipped Fashion-MNIST models (f32 and int8), a CNN, an NHWC model with raw
+# logits, every codec and resize mode, eval metrics, a folder of bad files (reported
+# and skipped as on x86) and a truncated model (one error line, exit 1).
+# Static builds run with no system libraries at all; armv6 runs on qemu's ARM1176
+# (the Pi 1 / Zero CPU: no NEON), so an instruction it lacks fails the test.
+# --target default: aarch64 and armv7 (all: armv6 too). --libc: which build-pi.sh
+# build to test (default static). --bench adds `fennec bench` figures and the
+# start-up time (exec to first prediction; emulated time, not device time).
+# --lite also tests the lite build on NNEF-converted models (--lite-only: only
+# that). --profile: the cargo profile the binaries were built with (default pi).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOL=1e-4
 TARGETS=(aarch64 armv7)
+LIBC=static
 BUILD=1
 BENCH=0
 LITE=0
@@ -28,23 +36,27 @@ PROFILE=pi
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) shift; case "${1:-}" in
-                aarch64|armv7) TARGETS=("$1") ;;
-                all) TARGETS=(aarch64 armv7) ;;
-                *) echo "test-pi: --target must be aarch64, armv7 or all" >&2; exit 2 ;;
+                aarch64|armv7|armv6) TARGETS=("$1") ;;
+                all) TARGETS=(aarch64 armv7 armv6) ;;
+                *) echo "test-pi: --target must be aarch64, armv7, armv6 or all" >&2; exit 2 ;;
+            esac ;;
+        --libc) shift; case "${1:-}" in
+                static|gnu) LIBC="$1" ;;
+                *) echo "test-pi: --libc must be static or gnu" >&2; exit 2 ;;
             esac ;;
         --no-build) BUILD=0 ;;
         --bench) BENCH=1 ;;
         --lite) LITE=1 ;;
         --lite-only) LITE=1; FULL=0 ;;
         --profile) shift; PROFILE="${1:?--profile needs a name}" ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test-pi: unknown argument '$1'" >&2; exit 2 ;;
     esac
     shift
 done
 
 if [[ "${FENNEC_PI_TESTS:-0}" != 1 ]]; then
-    echo "SKIP: Raspberry Pi cross-build tests (scripts/test-pi.sh): set FENNEC_PI_TESTS=1 to run them (~45 min cold on 2 cores)"
+    echo "SKIP: Raspberry Pi cross-build tests (scripts/test-pi.sh): set FENNEC_PI_TESTS=1 to run them (~20 min cold per target on 2 cores)"
     exit 0
 fi
 
@@ -58,25 +70,27 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v qemu-arm >/dev/null; the
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user >/dev/null
 fi
-# Where build-pi.sh puts a build: target/pi/<arch>[-lite][-<profile>]/fennec.
+if [[ $LIBC == gnu && " ${TARGETS[*]} " == *" armv6 "* ]]; then die "armv6 is built static only"; fi
+# Where build-pi.sh puts a build: target/pi/<arch>[-gnu][-lite][-<profile>]/fennec.
 pi_bin() {
     local d="$ROOT/target/pi/$1"
+    [[ $LIBC == gnu ]] && d="$d-gnu"
     [[ ${2:-} == lite ]] && d="$d-lite"
     [[ $PROFILE != pi ]] && d="$d-$PROFILE"
     echo "$d/fennec"
 }
 if [[ $BUILD -eq 1 ]]; then
     for arch in "${TARGETS[@]}"; do
-        [[ $FULL -eq 1 ]] && "$ROOT/scripts/build-pi.sh" --target "$arch" --profile "$PROFILE"
+        [[ $FULL -eq 1 ]] && "$ROOT/scripts/build-pi.sh" --target "$arch" --libc "$LIBC" --profile "$PROFILE"
         if [[ $LITE -eq 1 ]]; then
-            "$ROOT/scripts/build-pi.sh" --target "$arch" --profile "$PROFILE" --lite
+            "$ROOT/scripts/build-pi.sh" --target "$arch" --libc "$LIBC" --profile "$PROFILE" --lite
         fi
     done
 fi
-# qemu-aarch64 runs the binary with the host's multiarch arm64 glibc (libc6:arm64,
-# installed with libstd-rust-web-dev:arm64): with `-L /usr/aarch64-linux-gnu`
-# threaded programs hang. qemu-arm uses the cross sysroot.
-if [[ " ${TARGETS[*]} " == *" aarch64 "* ]] && [[ ! -e /lib/ld-linux-aarch64.so.1 ]]; then
+# gnu builds: qemu-aarch64 runs the binary with the host's multiarch arm64 glibc
+# (libc6:arm64): with `-L /usr/aarch64-linux-gnu` threaded programs hang. qemu-arm
+# uses the cross sysroot. Static builds need neither.
+if [[ $LIBC == gnu && " ${TARGETS[*]} " == *" aarch64 "* ]] && [[ ! -e /lib/ld-linux-aarch64.so.1 ]]; then
     log "installing libc6:arm64 (the loader qemu-aarch64 runs the binary with)"
     dpkg --print-foreign-architectures | grep -qx arm64 || as_root dpkg --add-architecture arm64
     as_root apt-get update -qq
@@ -84,8 +98,7 @@ if [[ " ${TARGETS[*]} " == *" aarch64 "* ]] && [[ ! -e /lib/ld-linux-aarch64.so.
 fi
 
 log "building the x86 reference and the fixtures"
-(cd "$ROOT" && nice -n 10 cargo build --quiet -p fennec-runtime --bin fennec \
-    && nice -n 10 cargo build --quiet -p fennec-e2e --example pi_fixtures)
+(cd "$ROOT" && nice -n 10 cargo build --quiet --workspace --bins --examples)
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 X86="$TARGET_DIR/debug/fennec"
 FIX="$TARGET_DIR/debug/examples/pi_fixtures"
@@ -94,11 +107,21 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/fennec-pi-test.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 "$FIX" write "$WORK/fx" >/dev/null
 cd "$WORK/fx"   # relative paths: the outputs name the same files on every run
+# The shipped models and two test images per class of the data they were trained on.
+cp "$ROOT/models/fashion_model_3.onnx" "$ROOT/models/fashion_model_3.int8.onnx" .
+for d in "$ROOT"/data/fashion-mini/test/*/; do
+    c=$(basename "$d"); mkdir -p "fashion/$c"
+    find "$d" -type f | sort | head -2 | xargs -I{} cp {} "fashion/$c/"
+done
 
 # ---------------------------------------------------------------- runners
 # run_<arch> BIN ARGS...: how each target binary is started.
+# Static builds need no -L: there is nothing for them to load.
+SYSROOT=(); [[ $LIBC == gnu ]] && SYSROOT=(-L /usr/arm-linux-gnueabihf)
 run_aarch64() { local b="$1"; shift; qemu-aarch64 -cpu cortex-a72 "$b" "$@"; }
-run_armv7() { local b="$1"; shift; qemu-arm -cpu cortex-a7 -L /usr/arm-linux-gnueabihf "$b" "$@"; }
+run_armv7() { local b="$1"; shift; qemu-arm -cpu cortex-a7 "${SYSROOT[@]}" "$b" "$@"; }
+# The Pi 1 / Zero CPU: ARMv6 with VFPv2 and no NEON.
+run_armv6() { local b="$1"; shift; qemu-arm -cpu arm1176 "$b" "$@"; }
 # armv7: tract reads /proc/cpuinfo for NEON, which qemu-user does not emulate for
 # ARM; this variant forces the NEON kernels a real Pi 2+ gets.
 run_armv7neon() { TRACT_CPU_ARM32_NEON=true run_armv7 "$@"; }
@@ -113,6 +136,12 @@ CHECKS=(
     "predict color nhwc logits|predict color_nhwc.onnx images -k 3 --json"
     "eval cnn|eval cnn.onnx folder --json - --quiet"
     "eval color nhwc|eval color_nhwc.onnx folder --json - --quiet --batch 4"
+    "predict shipped fashion f32|predict fashion_model_3.onnx fashion -k 3 --json"
+    "eval shipped fashion f32|eval fashion_model_3.onnx fashion --json - --quiet"
+    "predict shipped fashion int8|predict fashion_model_3.int8.onnx fashion -k 3 --json"
+    "predict shipped fashion int8 batch 5, 2 threads|predict fashion_model_3.int8.onnx fashion -k 3 --json --batch 5 --threads 2"
+    "eval folder with bad files|eval cnn.onnx bad --json - --quiet"
+    "predict bad files|predict color_nhwc.onnx bad/red bad/blue -k 2 --json"
 )
 
 passed=0
@@ -120,12 +149,13 @@ failed=0
 failures=()
 check() { # check LABEL RUNNER BIN ARGS...
     local label="$1" runner="$2" bin="$3"; shift 3
-    local exp="$WORK/expected.$RANDOM" act="$WORK/actual.$RANDOM" msg
-    run_x86 "$X86" "$@" >"$exp" 2>"$exp.err" || true
-    if ! "run_$runner" "$bin" "$@" >"$act" 2>"$act.err"; then
-        # predict exits 1 when an explicit file fails; compare the outputs anyway,
-        # but a crash (no output) is a failure.
-        [[ -s $act ]] || { failures+=("$label: no output: $(tail -1 "$act.err")"); failed=$((failed + 1)); log "FAIL $label"; return; }
+    local exp="$WORK/expected.$RANDOM" act="$WORK/actual.$RANDOM" msg rx=0 ra=0
+    run_x86 "$X86" "$@" >"$exp" 2>"$exp.err" || rx=$?
+    "run_$runner" "$bin" "$@" >"$act" 2>"$act.err" || ra=$?
+    # predict exits 1 when an explicit file fails: the exit code must be x86's too,
+    # and a crash (no output) is a failure.
+    if [[ ! -s $act || $ra -ne $rx ]]; then
+        failures+=("$label: exit $ra (x86: $rx): $(tail -1 "$act.err")"); failed=$((failed + 1)); log "FAIL $label"; return
     fi
     if msg=$("$FIX" compare "$exp" "$act" "$TOL" 2>&1); then
         passed=$((passed + 1)); log "ok   $label: $msg"
@@ -137,7 +167,7 @@ check() { # check LABEL RUNNER BIN ARGS...
 declare -A BINS
 [[ $FULL -eq 1 ]] && for arch in "${TARGETS[@]}"; do
     BINS[$arch]=$(pi_bin "$arch")
-    [[ -x ${BINS[$arch]} ]] || die "${BINS[$arch]} missing: run scripts/build-pi.sh --target $arch --profile $PROFILE"
+    [[ -x ${BINS[$arch]} ]] || die "${BINS[$arch]} missing: run scripts/build-pi.sh --target $arch --libc $LIBC --profile $PROFILE"
 done
 
 [[ $FULL -eq 1 ]] && for arch in "${TARGETS[@]}"; do
@@ -186,13 +216,37 @@ if [[ $LITE -eq 1 ]]; then
     done
 fi
 
+# Start-up: wall time from exec to the first prediction of one image with the shipped
+# model (process start, model load and optimisation, decode, inference, JSON out),
+# the median of 5 runs, in ms.
+FIRST_IMAGE=$(find fashion -type f | sort | head -1)
+startup_ms() { # startup_ms RUNNER BIN
+    local i t0 t1 times=()
+    for i in 1 2 3 4 5; do
+        t0=$(date +%s%N)
+        "run_$1" "$2" predict fashion_model_3.onnx "$FIRST_IMAGE" --json >/dev/null 2>&1 \
+            || { echo "failed"; return; }
+        t1=$(date +%s%N)
+        times+=($(((t1 - t0) / 1000000)))
+    done
+    printf '%s\n' "${times[@]}" | sort -n | sed -n 3p
+}
+
 if [[ $BENCH -eq 1 && $FULL -eq 1 ]]; then
-    log "bench smoke figures: qemu emulation on this machine, NOT device latency"
-    for runner in "${TARGETS[@]}"; do
-        bin="${BINS[$runner]}"
-        [[ $runner == armv7 ]] && runner=armv7neon
+    log "bench figures: qemu emulation on this machine, NOT device latency"
+    echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # x86: the release build if there is one (cargo build --release), else the dev build.
+    x86_fast="$TARGET_DIR/release/fennec"; [[ -x $x86_fast ]] || x86_fast=$X86
+    echo "start-up, exec to first prediction (fashion_model_3.onnx, 1 image, median of 5):"
+    echo "  x86_64 native ($x86_fast): $(startup_ms x86 "$x86_fast") ms"
+    for arch in "${TARGETS[@]}"; do
+        runner=$arch; [[ $arch == armv7 ]] && runner=armv7neon
+        echo "  $runner under qemu ($PROFILE, $LIBC): $(startup_ms "$runner" "${BINS[$arch]}") ms"
+    done
+    for arch in "${TARGETS[@]}"; do
+        runner=$arch; [[ $arch == armv7 ]] && runner=armv7neon
         echo "== fennec bench cnn.onnx ($runner, qemu)"
-        "run_$runner" "$bin" bench cnn.onnx --runs 30 --warmup 5 --threads 1,4 || true
+        "run_$runner" "${BINS[$arch]}" bench cnn.onnx --runs 30 --warmup 5 --threads 1,4 || true
     done
 fi
 

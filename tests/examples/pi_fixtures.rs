@@ -11,7 +11,10 @@
 //! - `images/`: the committed preprocessing golden images (every codec, EXIF,
 //!   CMYK, 16-bit, palette, animated GIF) plus generated photos-like images in
 //!   PNG, JPEG, BMP, GIF, WebP and TIFF;
-//! - `folder/<blue|green|red>/`: a labelled folder for `fennec eval`.
+//! - `folder/<blue|green|red>/`: a labelled folder for `fennec eval`;
+//! - `bad/<blue|green|red>/`: a small labelled folder with bad files in it (empty,
+//!   text named .jpg, a truncated JPEG, a 100-megapixel PNG over the decode cap),
+//!   which must be reported and skipped on ARM exactly as on x86.
 //!
 //! `pi_fixtures compare EXPECTED ACTUAL TOL` compares two outputs of `fennec
 //! predict --json` (JSON lines) or `fennec eval --json -` (one document): same
@@ -94,7 +97,32 @@ fn write(dir: &Path) -> Result<()> {
         );
     }
     color_folders(&dir.join("folder"), 6);
+    bad_folder(&dir.join("bad"))?;
     println!("wrote {}", dir.display());
+    Ok(())
+}
+
+/// A labelled folder where some files cannot be scored (see the module comment).
+fn bad_folder(dir: &Path) -> Result<()> {
+    let io = |p: &Path| p.display().to_string();
+    color_folders(dir, 2);
+    let red = dir.join("red");
+    let whole = red.join("whole.jpg");
+    save(&color_image(48, 40, COLORS[2].1, 7), &whole);
+    let bytes = std::fs::read(&whole).with_context(|| io(&whole))?;
+    let files: [(PathBuf, &[u8]); 3] = [
+        (red.join("empty.jpg"), b""),
+        (red.join("text.jpg"), b"this is not a JPEG\n"),
+        (red.join("truncated.jpg"), &bytes[..bytes.len() / 2]),
+    ];
+    for (path, content) in files {
+        std::fs::write(&path, content).with_context(|| io(&path))?;
+    }
+    // 10000x10000 is over the 64-megapixel cap: refused from the header, never decoded.
+    let huge = dir.join("blue/huge.png");
+    image::GrayImage::new(10_000, 10_000)
+        .save(&huge)
+        .with_context(|| io(&huge))?;
     Ok(())
 }
 
