@@ -126,7 +126,9 @@ check_binary() {
     prefix=$(gnu_prefix "$arch")
     desc=$(file -b "$f")
     if [[ $LIBC == static ]]; then
-        [[ $desc == *"statically linked"* ]] || die "$f is not statically linked: $desc"
+        # "static-pie linked" is static too: position-independent, loaded by itself.
+        [[ $desc == *"statically linked"* || $desc == *"static-pie linked"* ]] \
+            || die "$f is not statically linked: $desc"
         if "$prefix-readelf" -lW "$f" | grep -q INTERP || "$prefix-readelf" -dW "$f" | grep -q NEEDED; then
             die "$f asks for a dynamic loader or shared libraries"
         fi

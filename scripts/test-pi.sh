@@ -195,6 +195,67 @@ done
     done
 done
 
+# ---------------------------------------------------------------- other systems
+# The same binaries inside root filesystems that are not this machine's: an empty one
+# (nothing but the binary and a static qemu: no libc, no loader, no /proc), and
+# Debian bullseye's (glibc 2.31, the base of Raspberry Pi OS bullseye), made once with
+# `debootstrap --foreign` into target/pi-rootfs/. Static builds only; needs root.
+CHROOT_CHECKS=("predict cnn" "predict shipped fashion f32" "predict shipped fashion int8"
+    "eval folder with bad files")
+run_chroot() { # run_chroot BIN ARGS...: BIN was copied into $CH_ROOT as /fennec
+    shift
+    python3 -c 'import os, sys; os.chroot(sys.argv[1]); os.chdir("/fx"); os.execv(sys.argv[2], sys.argv[2:])' \
+        "$CH_ROOT" /qemu -cpu "$CH_CPU" /fennec "$@"
+}
+# prepare_root DIR ARCH BIN: puts qemu, the binary and the fixtures into DIR.
+prepare_root() {
+    local qemu
+    qemu=$(command -v "$([[ $2 == aarch64 ]] && echo qemu-aarch64-static || echo qemu-arm-static)")
+    mkdir -p "$1/fx"
+    cp "$qemu" "$1/qemu"
+    cp "$3" "$1/fennec"
+    cp -r "$WORK/fx/." "$1/fx/"
+}
+if [[ $FULL -eq 1 && $LIBC == static ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        log "SKIP other root filesystems: chroot needs root"
+    else
+        if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
+            log "installing qemu-user-static and debootstrap"
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user-static debootstrap >/dev/null
+        fi
+        for arch in "${TARGETS[@]}"; do
+            case $arch in
+                aarch64) CH_CPU=cortex-a72; debarch=arm64 ;;
+                armv7) CH_CPU=cortex-a7; debarch=armhf ;;
+                armv6) CH_CPU=arm1176; debarch=armhf ;;
+            esac
+            roots=("empty:$WORK/root-empty-$arch")
+            bullseye="$ROOT/target/pi-rootfs/bullseye-$debarch"
+            if ! ls "$bullseye"/lib/*-linux-gnu*/libc-2.31.so >/dev/null 2>&1; then
+                log "making a Debian bullseye $debarch root filesystem (debootstrap, ~40 MB download)"
+                rm -rf "$bullseye"
+                if ! debootstrap --foreign --variant=minbase --arch="$debarch" bullseye "$bullseye" \
+                        http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1; then
+                    log "SKIP bullseye root: debootstrap failed: $(tail -1 "$WORK/debootstrap.log")"
+                    bullseye=""
+                fi
+            fi
+            [[ -n $bullseye ]] && roots+=("bullseye (glibc 2.31):$bullseye")
+            for r in "${roots[@]}"; do
+                CH_ROOT=${r#*:}
+                prepare_root "$CH_ROOT" "$arch" "${BINS[$arch]}"
+                for c in "${CHECKS[@]}"; do
+                    [[ " ${CHROOT_CHECKS[*]/%/|} " == *" ${c%%|*}|"* ]] || continue
+                    # shellcheck disable=SC2086
+                    check "$arch in ${r%%:*} root: ${c%%|*}" chroot "${BINS[$arch]}" ${c#*|}
+                done
+                rm -rf "$CH_ROOT/fx" "$CH_ROOT/fennec" "$CH_ROOT/qemu"
+            done
+        done
+    fi
+fi
+
 if [[ $LITE -eq 1 ]]; then
     for m in cnn color_nhwc; do "$X86" convert "$m.onnx" "$m.nnef.tgz" >/dev/null; done
     for arch in "${TARGETS[@]}"; do

@@ -9,7 +9,9 @@
 
 use std::time::Instant;
 
-use super::simd::{Isa, isa};
+#[cfg(target_arch = "x86_64")]
+use super::simd::Isa;
+use super::simd::isa;
 
 /// Multiply-adds in flight: independent accumulators (registers).
 const ACC: usize = 12;

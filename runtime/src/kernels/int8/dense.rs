@@ -19,6 +19,7 @@ use super::portable;
 use super::qdq::{Act, QParams, Requant, constant, dequantize_params, int8_codes, quantize_params};
 use crate::kernels::dense::bias_and_relu;
 use crate::kernels::rewrite::{Fusion, fused_op, inference_pool, sole_successor};
+#[cfg(target_arch = "x86_64")]
 use crate::kernels::simd::{Isa, isa};
 
 /// Weight rows computed together: each load of the input serves this many rows.
