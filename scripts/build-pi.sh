@@ -14,7 +14,8 @@
 #              gnu: dynamic glibc builds (need glibc >= 2.34, Debian 12's) into
 #              target/pi/<arch>-gnu, for comparison; no armv6
 #   --profile  cargo profile: pi (default, fat LTO), pi-ci (CI: no LTO, fast to
-#              build), pi-small (optimised for size)
+#              build), pi-small (optimised for size), pi-tiny (pi-small without
+#              unwinding: smallest; a tract panic ends the run, see docs/deploy-pi.md)
 #   --lite     the lite feature set (NNEF models only, no ONNX parser)
 #
 # Toolchain, all from Debian's archive and PyPI (no rustup targets, no downloads
@@ -36,7 +37,7 @@ PROFILE=pi
 LITE=0
 INSTALL=1
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) shift; case "${1:-}" in
@@ -164,16 +165,19 @@ build_one() {
     # Debian ships no ARM standard library for them: it is built from rust-web-src.
     local -a env_vars=(RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
         "CC_$u=$prefix-gcc" "AR_$u=$prefix-ar")
+    local rustflags=""
+    # pi-tiny aborts on panic: no unwind tables needed (profiles cannot set rustflags).
+    [[ $PROFILE == pi-tiny ]] && rustflags="-C force-unwind-tables=no"
     if [[ $LIBC == static ]]; then
         env_vars+=("CARGO_TARGET_${T}_LINKER=$ROOT/scripts/zig-linker"
             # zig brings musl's crt objects and libc; rustc's own copies stay out.
-            "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no"
+            "CARGO_TARGET_${T}_RUSTFLAGS=-C link-self-contained=no $rustflags"
             "FENNEC_ZIG_TARGET=$(zig_target "$arch")" "FENNEC_ZIG_CPU=$(zig_cpu "$arch")")
     else
-        env_vars+=("CARGO_TARGET_${T}_LINKER=$prefix-gcc")
+        env_vars+=("CARGO_TARGET_${T}_LINKER=$prefix-gcc" "CARGO_TARGET_${T}_RUSTFLAGS=$rustflags")
     fi
     local -a args=(build --profile "$PROFILE" --locked -p fennec-runtime --bin fennec
-        --target "$t" --target-dir "$target_dir" -Zbuild-std=std,panic_unwind)
+        --target "$t" --target-dir "$target_dir" -Zbuild-std=std,panic_unwind,panic_abort)
     [[ $LITE -eq 1 ]] && args+=(--no-default-features --features lite)
 
     log "building $t (profile $PROFILE$([[ $LITE -eq 1 ]] && echo ', lite')) into $target_dir"

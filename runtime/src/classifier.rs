@@ -7,7 +7,9 @@
 //! models the `lite` build, without the `onnx` feature, reads). Both take labels and
 //! preprocessing in the same order of precedence ([`resolve`]). Optimised runnable
 //! plans are made per batch size on first use and cached. Any panic inside tract is
-//! caught and turned into an error naming the model file.
+//! caught and turned into an error naming the model file; in a `panic = "abort"`
+//! build, where it cannot be caught, [`abort_guard`] ends the process with the same
+//! one-line error and exit code 1.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -159,6 +161,7 @@ impl Classifier {
             #[cfg(not(feature = "onnx"))]
             return Err(nnef::lite_cannot_read_onnx(path));
         };
+        let _scope = abort_guard::Scope::enter(path);
         match catch_unwind(AssertUnwindSafe(load)) {
             Ok(r) => r,
             Err(panic) => Err(Error::Tract {
@@ -382,6 +385,7 @@ fn node_cost(model: &TypedModel, node: &TypedNode) -> (f64, f64) {
 /// Runs tract work on the model at `path`: its errors and its panics (tract asserts
 /// on some malformed graphs) both become one [`Error::Tract`] naming the file.
 fn guard_tract<T>(path: &Path, work: impl FnOnce() -> TractResult<T>) -> Result<T> {
+    let _scope = abort_guard::Scope::enter(path);
     let reason = match catch_unwind(AssertUnwindSafe(work)) {
         Ok(Ok(value)) => return Ok(value),
         Ok(Err(e)) => chain(&e),
@@ -434,10 +438,66 @@ pub fn inference_threads() -> usize {
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    let msg = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
+    panic_text(p.downcast_ref::<&str>().copied(), p.downcast_ref::<String>())
+}
+
+fn panic_text(s: Option<&str>, string: Option<&String>) -> String {
+    let msg = s.or(string.map(String::as_str)).unwrap_or("unknown panic");
     format!("tract panicked: {}", msg.replace('\n', " "))
+}
+
+/// The guard for builds with `panic = "abort"` (the smallest Pi build, see
+/// docs/deploy-pi.md), where `catch_unwind` catches nothing: while tract works on a
+/// model, a panic hook knows the model's path, prints the error [`Error::Tract`]
+/// would have printed (`error: MODEL: tract cannot run this model: tract panicked:
+/// ...`) and exits with code 1 instead of aborting. The process still ends: a
+/// folder run stops at the first such panic rather than skipping the image. In the
+/// normal unwinding builds `Scope` does nothing.
+mod abort_guard {
+    use std::path::Path;
+
+    #[cfg(panic = "abort")]
+    static MODEL: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+    /// Marks the model tract is working on until dropped.
+    pub(super) struct Scope(());
+
+    impl Scope {
+        #[cfg(panic = "abort")]
+        pub(super) fn enter(path: &Path) -> Scope {
+            static HOOK: std::sync::Once = std::sync::Once::new();
+            HOOK.call_once(|| {
+                let previous = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    let model = MODEL.lock().ok().and_then(|m| m.clone());
+                    let Some(model) = model else {
+                        return previous(info);
+                    };
+                    let p = info.payload();
+                    let reason =
+                        super::panic_text(p.downcast_ref::<&str>().copied(), p.downcast_ref());
+                    eprintln!("error: {}", crate::Error::Tract { path: model, reason });
+                    std::process::exit(1);
+                }));
+            });
+            if let Ok(mut m) = MODEL.lock() {
+                *m = Some(path.to_path_buf());
+            }
+            Scope(())
+        }
+
+        #[cfg(not(panic = "abort"))]
+        pub(super) fn enter(_path: &Path) -> Scope {
+            Scope(())
+        }
+    }
+
+    #[cfg(panic = "abort")]
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            if let Ok(mut m) = MODEL.lock() {
+                *m = None;
+            }
+        }
+    }
 }
