@@ -111,7 +111,9 @@ cd "$WORK/fx"   # relative paths: the outputs name the same files on every run
 cp "$ROOT/models/fashion_model_3.onnx" "$ROOT/models/fashion_model_3.int8.onnx" .
 for d in "$ROOT"/data/fashion-mini/test/*/; do
     c=$(basename "$d"); mkdir -p "fashion/$c"
-    find "$d" -type f | sort | head -2 | xargs -I{} cp {} "fashion/$c/"
+    # sed, not head: head exits early, and under pipefail sort's SIGPIPE (exit 141)
+    # would end the script at random.
+    find "$d" -type f | sort | sed -n '1,2p' | xargs -I{} cp {} "fashion/$c/"
 done
 
 # ---------------------------------------------------------------- runners
@@ -280,7 +282,7 @@ fi
 # Start-up: wall time from exec to the first prediction of one image with the shipped
 # model (process start, model load and optimisation, decode, inference, JSON out),
 # the median of 5 runs, in ms.
-FIRST_IMAGE=$(find fashion -type f | sort | head -1)
+FIRST_IMAGE=$(find fashion -type f | sort | sed -n 1p)
 startup_ms() { # startup_ms RUNNER BIN
     local i t0 t1 times=()
     for i in 1 2 3 4 5; do

@@ -456,8 +456,10 @@ fn panic_text(s: Option<&str>, string: Option<&String>) -> String {
 mod abort_guard {
     use std::path::Path;
 
+    /// The model tract is working on, and how many scopes (threads) are in it.
     #[cfg(panic = "abort")]
-    static MODEL: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+    static MODEL: std::sync::Mutex<Option<(std::path::PathBuf, usize)>> =
+        std::sync::Mutex::new(None);
 
     /// Marks the model tract is working on until dropped.
     pub(super) struct Scope(());
@@ -469,7 +471,7 @@ mod abort_guard {
             HOOK.call_once(|| {
                 let previous = std::panic::take_hook();
                 std::panic::set_hook(Box::new(move |info| {
-                    let model = MODEL.lock().ok().and_then(|m| m.clone());
+                    let model = MODEL.lock().ok().and_then(|m| m.as_ref().map(|(p, _)| p.clone()));
                     let Some(model) = model else {
                         return previous(info);
                     };
@@ -481,7 +483,8 @@ mod abort_guard {
                 }));
             });
             if let Ok(mut m) = MODEL.lock() {
-                *m = Some(path.to_path_buf());
+                let depth = m.as_ref().map_or(0, |(_, d)| *d);
+                *m = Some((path.to_path_buf(), depth + 1));
             }
             Scope(())
         }
@@ -496,7 +499,10 @@ mod abort_guard {
     impl Drop for Scope {
         fn drop(&mut self) {
             if let Ok(mut m) = MODEL.lock() {
-                *m = None;
+                *m = match m.take() {
+                    Some((path, depth)) if depth > 1 => Some((path, depth - 1)),
+                    _ => None,
+                };
             }
         }
     }
