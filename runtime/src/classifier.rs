@@ -438,7 +438,10 @@ pub fn inference_threads() -> usize {
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    panic_text(p.downcast_ref::<&str>().copied(), p.downcast_ref::<String>())
+    panic_text(
+        p.downcast_ref::<&str>().copied(),
+        p.downcast_ref::<String>(),
+    )
 }
 
 fn panic_text(s: Option<&str>, string: Option<&String>) -> String {
@@ -471,14 +474,23 @@ mod abort_guard {
             HOOK.call_once(|| {
                 let previous = std::panic::take_hook();
                 std::panic::set_hook(Box::new(move |info| {
-                    let model = MODEL.lock().ok().and_then(|m| m.as_ref().map(|(p, _)| p.clone()));
+                    let model = MODEL
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.as_ref().map(|(p, _)| p.clone()));
                     let Some(model) = model else {
                         return previous(info);
                     };
                     let p = info.payload();
                     let reason =
                         super::panic_text(p.downcast_ref::<&str>().copied(), p.downcast_ref());
-                    eprintln!("error: {}", crate::Error::Tract { path: model, reason });
+                    eprintln!(
+                        "error: {}",
+                        crate::Error::Tract {
+                            path: model,
+                            reason
+                        }
+                    );
                     std::process::exit(1);
                 }));
             });

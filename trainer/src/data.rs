@@ -87,6 +87,10 @@ pub enum DataError {
     Strict { count: usize, first: String },
     #[error("{0} (the file changed after the check at the start of training)")]
     Changed(ImageError),
+    /// The compute device failed on a batch (a GPU out of memory or lost); the data
+    /// were fine, but this is where a batch's results are read back.
+    #[error("the compute device failed on a batch: {0}")]
+    Compute(String),
     #[error("cannot start the data loader thread: {0}")]
     Thread(std::io::Error),
 }

@@ -87,9 +87,46 @@ impl Kind {
     }
 }
 
+/// One line from a backend's execution error, which burn prints over many lines
+/// ("An error happened during execution / Caused by: ... / can't allocate buffer of
+/// size: N"): the first line and the innermost cause.
+pub fn failure_line(error: &dyn std::fmt::Debug) -> String {
+    let text = format!("{error:?}");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Caused by") && !l.contains("backtrace"))
+        .filter(|l| *l != "Asked at:")
+        .collect();
+    match (lines.first(), lines.last()) {
+        (Some(first), Some(last)) if first != last => format!("{first}: {last}"),
+        (Some(first), _) => first.to_string(),
+        _ => "unknown failure".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_line_keeps_the_first_line_and_the_innermost_cause() {
+        struct Multi;
+        impl std::fmt::Debug for Multi {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "Execution(An error happened during execution\nCaused by:\n  Several \
+                     failures at once\nCaused by:\n  can't allocate buffer of size: 42\nNo \
+                     backtrace available)"
+                )
+            }
+        }
+        assert_eq!(
+            failure_line(&Multi),
+            "Execution(An error happened during execution: can't allocate buffer of size: 42"
+        );
+    }
 
     #[test]
     fn names_are_the_cli_spelling() {

@@ -99,7 +99,7 @@ pub fn measure(
         let logits: Vec<f32> = net
             .forward(x)
             .try_into_vec_as::<f32>()
-            .expect("logits read as f32");
+            .map_err(|e| DataError::Compute(crate::device::failure_line(&e)))?;
         metrics.add(&logits, &b.labels);
         obs.event(Event::Advance(b.len as u64));
     }

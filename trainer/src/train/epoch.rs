@@ -14,7 +14,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::{Event, FitOptions, FitReport, Observer, Outcome, TrainError, result_epoch};
 use crate::augment::Augmenter;
 use crate::config::{Optimizer, Plan};
-use crate::data::{Augment, AugmentPlan, BatchStream, DataSet, LabelledFolder, Loader};
+use crate::data::{Augment, AugmentPlan, BatchStream, DataError, DataSet, LabelledFolder, Loader};
 use crate::history::EpochRecord;
 use crate::loss_accuracy::{LossAccuracy, measure};
 use crate::model::Net;
@@ -196,7 +196,9 @@ impl<'a> Epochs<'a> {
                 .expect("the network is in place between steps");
             let logits = net.forward(x);
             let loss = self.loss.forward(logits.clone(), y);
-            let host: Vec<f32> = logits.try_into_vec_as::<f32>().expect("logits read as f32");
+            let host: Vec<f32> = logits
+                .try_into_vec_as::<f32>()
+                .map_err(|e| DataError::Compute(crate::device::failure_line(&e)))?;
             metrics.add(&host, &batch.labels);
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             self.net = Some(self.optim.step(learning_rate, net, grads));
