@@ -8,7 +8,7 @@
 # See docs/deploy-pi.md.
 #
 # Usage: scripts/build-pi.sh [--target aarch64|armv7|armv6|all] [--libc static|gnu]
-#                            [--profile NAME] [--lite] [--no-install]
+#                            [--profile NAME] [--lite] [--features LIST] [--no-install]
 #   --target   default all (static) or aarch64 and armv7 (gnu)
 #   --libc     static (default): musl, linked by `zig cc` (scripts/zig-linker);
 #              gnu: dynamic glibc builds (need glibc >= 2.34, Debian 12's) into
@@ -17,6 +17,9 @@
 #              build), pi-small (optimised for size), pi-tiny (pi-small without
 #              unwinding: smallest; a tract panic ends the run, see docs/deploy-pi.md)
 #   --lite     the lite feature set (NNEF models only, no ONNX parser)
+#   --features fennec-runtime's cargo features instead of the default set, e.g. `cli`
+#              (lite without multi-threaded inference: the Pi Zero has one core);
+#              into target/pi/<arch>-features-<list>[-<profile>]
 #
 # Toolchain, all from Debian's archive and PyPI (no rustup targets, no downloads
 # from elsewhere): Debian's rustc/cargo 1.96 (rustc-web, cargo-web) build the
@@ -35,9 +38,10 @@ TARGETS=()
 LIBC=static
 PROFILE=pi
 LITE=0
+FEATURES=""
 INSTALL=1
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) shift; case "${1:-}" in
@@ -51,12 +55,17 @@ while [[ $# -gt 0 ]]; do
             esac ;;
         --profile) shift; PROFILE="${1:?--profile needs a name}" ;;
         --lite) LITE=1 ;;
+        --features) shift; FEATURES="${1:?--features needs a list, e.g. cli}"
+            [[ $FEATURES =~ ^[a-z0-9,-]+$ ]] || { echo "build-pi: --features takes a comma-separated list of feature names" >&2; exit 2; } ;;
         --no-install) INSTALL=0 ;;
         -h|--help) usage 0 ;;
         *) echo "build-pi: unknown argument '$1'" >&2; usage 2 ;;
     esac
     shift
 done
+if [[ $LITE -eq 1 && -n $FEATURES ]]; then
+    echo "build-pi: --lite and --features do not go together (--lite is --features lite)" >&2; exit 2
+fi
 if [[ ${#TARGETS[@]} -eq 0 ]]; then
     if [[ $LIBC == static ]]; then TARGETS=(aarch64 armv7 armv6); else TARGETS=(aarch64 armv7); fi
 fi
@@ -158,6 +167,7 @@ build_one() {
     # target/pi/<arch>[-gnu][-lite][-<profile>]/fennec
     out="$ROOT/target/pi/$arch$suffix"
     [[ $LITE -eq 1 ]] && out="$out-lite"
+    [[ -n $FEATURES ]] && out="$out-features-${FEATURES//,/+}"
     [[ $PROFILE != pi ]] && out="$out-$PROFILE"
 
     local T u
@@ -181,8 +191,9 @@ build_one() {
     local -a args=(build --profile "$PROFILE" --locked -p fennec-runtime --bin fennec
         --target "$t" --target-dir "$target_dir" -Zbuild-std=std,panic_unwind,panic_abort)
     [[ $LITE -eq 1 ]] && args+=(--no-default-features --features lite)
+    [[ -n $FEATURES ]] && args+=(--no-default-features --features "$FEATURES")
 
-    log "building $t (profile $PROFILE$([[ $LITE -eq 1 ]] && echo ', lite')) into $target_dir"
+    log "building $t (profile $PROFILE$([[ $LITE -eq 1 ]] && echo ', lite')$([[ -n $FEATURES ]] && echo ", features $FEATURES")) into $target_dir"
     local start=$SECONDS
     (cd "$ROOT" && env -u RUSTUP_TOOLCHAIN "${env_vars[@]}" nice -n 10 /usr/bin/cargo "${args[@]}")
     bin="$target_dir/$t/$PROFILE/fennec"
