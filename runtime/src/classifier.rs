@@ -430,11 +430,14 @@ pub fn set_inference_threads(n: usize) {
 
 /// How many threads one inference uses now (see [`set_inference_threads`]).
 pub fn inference_threads() -> usize {
-    use tract_nnef::tract_core::tract_linalg::multithread::{Executor, current_tract_executor};
-    match current_tract_executor() {
-        Executor::MultiThread(pool) => pool.current_num_threads(),
-        _ => 1,
+    #[cfg(feature = "multithread")]
+    {
+        use tract_nnef::tract_core::tract_linalg::multithread::{Executor, current_tract_executor};
+        if let Executor::MultiThread(pool) = current_tract_executor() {
+            return pool.current_num_threads();
+        }
     }
+    1
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tract_nnef::tract_core::internal::*;
 use tract_nnef::tract_core::ops::binary::TypedBinOp;
 use tract_nnef::tract_core::ops::math::Max;
+#[cfg(feature = "multithread")]
 use tract_nnef::tract_core::tract_linalg::multithread::{Executor, current_tract_executor};
 
 use super::{conv, dense, int8};
@@ -62,10 +63,11 @@ fn fuse<O: TypedOp>(
 
 /// The thread pool of tract's current executor when it has one (`--threads` > 1).
 pub(super) fn inference_pool() -> Option<Arc<rayon::ThreadPool>> {
-    match current_tract_executor() {
-        Executor::MultiThread(pool) => Some(pool),
-        _ => None,
+    #[cfg(feature = "multithread")]
+    if let Executor::MultiThread(pool) = current_tract_executor() {
+        return Some(pool);
     }
+    None
 }
 
 /// The node reading `id`'s output when it is the only reader and the output is
