@@ -194,6 +194,16 @@ done
         else
             failed=$((failed + 1)); failures+=("$runner: truncated model: exit $rc: $err")
         fi
+        # A model tract panics on: the same last line and exit 1 as x86, also in the
+        # builds that cannot unwind (pi-tiny: classifier.rs's panic_guard).
+        want=$(run_x86 "$X86" predict stride0.onnx images 2>&1 >/dev/null | tail -n 1) || true
+        rc=0; err=$("run_$runner" "${BINS[$arch]}" predict stride0.onnx images 2>&1 >/dev/null) || rc=$?
+        last=$(tail -n 1 <<<"$err")
+        if [[ $rc -eq 1 && $last == "$want" && $last == *"tract hit an internal error"* ]]; then
+            passed=$((passed + 1)); log "ok   $runner: model tract panics on rejected: $last"
+        else
+            failed=$((failed + 1)); failures+=("$runner: stride0.onnx: exit $rc: $last (x86: $want)")
+        fi
     done
 done
 

@@ -21,7 +21,9 @@ mod models;
 
 pub use fixtures::{config, fixture, fixture_with, repo_root};
 pub use images::{BLUE, COLORS, GREEN, RED, color_folders, color_image, one_of_each, save};
-pub use models::{TinyModel, color_model, color_model_file, pool_and_flatten, vector_model};
+pub use models::{
+    TinyModel, color_model, color_model_file, pool_and_flatten, stride0_model, vector_model,
+};
 
 /// `target/<profile>` of the running test executable (`.../deps/<test>-<hash>`).
 fn profile_dir() -> PathBuf {

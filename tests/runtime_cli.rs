@@ -317,14 +317,29 @@ fn bad_models_fail_with_one_line_naming_the_file() {
         ),
         ("empty.onnx", vec![], "not a valid ONNX model"),
         ("vector.onnx", vector_model(), "not an image classifier"),
+        // tract panics on it: caught, and nothing but the error line on stderr.
+        (
+            "stride0.onnx",
+            stride0_model(),
+            "tract hit an internal error",
+        ),
     ];
     for (name, bytes, _) in &cases {
         fs::write(d.path().join(name), bytes).unwrap();
     }
-    for (name, _, _) in &cases {
+    for (name, _, reason) in &cases {
         let path = d.path().join(name);
-        let line = fennec!("predict", path, img).fails(1, &[name]);
-        assert_eq!(line.lines().count(), 1);
+        let out = fennec!("predict", path, img);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        let line = out.fails(1, &[name]);
+        assert_eq!(
+            stderr.trim_end(),
+            line,
+            "{name}: only the error line on stderr"
+        );
+        if *name == "stride0.onnx" {
+            assert!(line.contains(reason), "{line}");
+        }
     }
     fennec!("info", d.path().join("vector.onnx")).fails(1, &["vector.onnx", "rank 2"]);
     fennec!("info", d.path().join("missing.onnx")).fails(1, &["missing.onnx"]);

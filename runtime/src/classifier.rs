@@ -7,9 +7,9 @@
 //! models the `lite` build, without the `onnx` feature, reads). Both take labels and
 //! preprocessing in the same order of precedence ([`resolve`]). Optimised runnable
 //! plans are made per batch size on first use and cached. Any panic inside tract is
-//! caught and turned into an error naming the model file; in a `panic = "abort"`
-//! build, where it cannot be caught, [`abort_guard`] ends the process with the same
-//! one-line error and exit code 1.
+//! caught and turned into an error naming the model file, with nothing else on
+//! stderr; in a `panic = "abort"` build, where it cannot be caught, [`panic_guard`]
+//! ends the process with the same one-line error and exit code 1.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -161,7 +161,7 @@ impl Classifier {
             #[cfg(not(feature = "onnx"))]
             return Err(nnef::lite_cannot_read_onnx(path));
         };
-        let _scope = abort_guard::Scope::enter(path);
+        let _scope = panic_guard::Scope::enter(path);
         match catch_unwind(AssertUnwindSafe(load)) {
             Ok(r) => r,
             Err(panic) => Err(Error::Tract {
@@ -385,7 +385,7 @@ fn node_cost(model: &TypedModel, node: &TypedNode) -> (f64, f64) {
 /// Runs tract work on the model at `path`: its errors and its panics (tract asserts
 /// on some malformed graphs) both become one [`Error::Tract`] naming the file.
 fn guard_tract<T>(path: &Path, work: impl FnOnce() -> TractResult<T>) -> Result<T> {
-    let _scope = abort_guard::Scope::enter(path);
+    let _scope = panic_guard::Scope::enter(path);
     let reason = match catch_unwind(AssertUnwindSafe(work)) {
         Ok(Ok(value)) => return Ok(value),
         Ok(Err(e)) => chain(&e),
@@ -449,70 +449,50 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 
 fn panic_text(s: Option<&str>, string: Option<&String>) -> String {
     let msg = s.or(string.map(String::as_str)).unwrap_or("unknown panic");
-    format!("tract panicked: {}", msg.replace('\n', " "))
+    format!("tract hit an internal error: {}", msg.replace('\n', " "))
 }
 
-/// The guard for builds with `panic = "abort"` (the smallest Pi build, see
-/// docs/deploy-pi.md), where `catch_unwind` catches nothing: while tract works on a
-/// model, a panic hook knows the model's path, prints the error [`Error::Tract`]
-/// would have printed (`error: MODEL: tract cannot run this model: tract panicked:
-/// ...`) and exits with code 1 instead of aborting. The process still ends: a
-/// folder run stops at the first such panic rather than skipping the image. In the
-/// normal unwinding builds `Scope` does nothing.
-mod abort_guard {
-    use std::path::Path;
+/// What a panic inside tract prints. In the normal (unwinding) builds `catch_unwind`
+/// turns it into [`Error::Tract`], and the panic hook stays silent on the thread that
+/// is inside a [`Scope`], so stderr holds only that one error line (a panic on
+/// another thread, e.g. one of tract's workers, is printed as usual). In builds with
+/// `panic = "abort"` (the smallest Pi build, see docs/deploy-pi.md) nothing can be
+/// caught: while tract works on a model, the hook prints the error [`Error::Tract`]
+/// would have printed (`error: MODEL: tract cannot run this model: tract hit an
+/// internal error: ...`) and exits with code 1 instead of aborting. The process then still ends: a
+/// folder run stops at the first such panic rather than skipping the image.
+mod panic_guard {
+    use std::cell::Cell;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, Once};
 
     /// The model tract is working on, and how many scopes (threads) are in it.
-    #[cfg(panic = "abort")]
-    static MODEL: std::sync::Mutex<Option<(std::path::PathBuf, usize)>> =
-        std::sync::Mutex::new(None);
+    static MODEL: Mutex<Option<(PathBuf, usize)>> = Mutex::new(None);
 
-    /// Marks the model tract is working on until dropped.
+    thread_local! {
+        /// How many scopes this thread is inside.
+        static DEPTH: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Marks the model tract is working on, on this thread, until dropped.
     pub(super) struct Scope(());
 
     impl Scope {
-        #[cfg(panic = "abort")]
         pub(super) fn enter(path: &Path) -> Scope {
-            static HOOK: std::sync::Once = std::sync::Once::new();
-            HOOK.call_once(|| {
-                let previous = std::panic::take_hook();
-                std::panic::set_hook(Box::new(move |info| {
-                    let model = MODEL
-                        .lock()
-                        .ok()
-                        .and_then(|m| m.as_ref().map(|(p, _)| p.clone()));
-                    let Some(model) = model else {
-                        return previous(info);
-                    };
-                    let p = info.payload();
-                    let reason =
-                        super::panic_text(p.downcast_ref::<&str>().copied(), p.downcast_ref());
-                    eprintln!(
-                        "error: {}",
-                        crate::Error::Tract {
-                            path: model,
-                            reason
-                        }
-                    );
-                    std::process::exit(1);
-                }));
-            });
+            static HOOK: Once = Once::new();
+            HOOK.call_once(install_hook);
             if let Ok(mut m) = MODEL.lock() {
                 let depth = m.as_ref().map_or(0, |(_, d)| *d);
                 *m = Some((path.to_path_buf(), depth + 1));
             }
-            Scope(())
-        }
-
-        #[cfg(not(panic = "abort"))]
-        pub(super) fn enter(_path: &Path) -> Scope {
+            DEPTH.with(|d| d.set(d.get() + 1));
             Scope(())
         }
     }
 
-    #[cfg(panic = "abort")]
     impl Drop for Scope {
         fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
             if let Ok(mut m) = MODEL.lock() {
                 *m = match m.take() {
                     Some((path, depth)) if depth > 1 => Some((path, depth - 1)),
@@ -520,5 +500,27 @@ mod abort_guard {
                 };
             }
         }
+    }
+
+    fn install_hook() {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if cfg!(panic = "abort") {
+                let model = MODEL
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.as_ref().map(|(p, _)| p.clone()));
+                if let Some(path) = model {
+                    let p = info.payload();
+                    let reason =
+                        super::panic_text(p.downcast_ref::<&str>().copied(), p.downcast_ref());
+                    eprintln!("error: {}", crate::Error::Tract { path, reason });
+                    std::process::exit(1);
+                }
+            } else if DEPTH.with(Cell::get) > 0 {
+                return; // caught by the scope's catch_unwind, reported as Error::Tract
+            }
+            previous(info)
+        }));
     }
 }

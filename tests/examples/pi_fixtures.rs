@@ -11,6 +11,9 @@
 //! - `images/`: the committed preprocessing golden images (every codec, EXIF,
 //!   CMYK, 16-bit, palette, animated GIF) plus generated photos-like images in
 //!   PNG, JPEG, BMP, GIF, WebP and TIFF;
+//! - `stride0.onnx`: a convolution with stride 0, which makes tract panic (it
+//!   divides by the stride) while loading: every build, also the Pi builds that
+//!   cannot unwind (`pi-tiny`), must end with the one `error:` line and exit 1;
 //! - `folder/<blue|green|red>/`: a labelled folder for `fennec eval`;
 //! - `bad/<blue|green|red>/`: a small labelled folder with bad files in it (empty,
 //!   text named .jpg, a truncated JPEG, a 100-megapixel PNG over the decode cap),
@@ -27,6 +30,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use fennec_e2e::{
     COLORS, TinyModel, color_folders, color_image, color_model, pool_and_flatten, save,
+    stride0_model,
 };
 use fennec_runtime::metadata::ModelMetadata;
 use fennec_runtime::onnx_writer::{Attr, GraphBuilder};
@@ -67,6 +71,8 @@ fn write(dir: &Path) -> Result<()> {
     let color = dir.join("color_nhwc.onnx");
     let tiny = TinyModel::default().nhwc().logits();
     std::fs::write(&color, color_model(&tiny)).with_context(|| io(&color))?;
+    let stride0 = dir.join("stride0.onnx");
+    std::fs::write(&stride0, stride0_model()).with_context(|| io(&stride0))?;
 
     // The committed golden images: real encoder output from Pillow, odd formats included.
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/preprocess/images");

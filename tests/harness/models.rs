@@ -138,6 +138,29 @@ pub fn vector_model() -> Vec<u8> {
     g.finish(&ModelMetadata::default())
 }
 
+/// A valid ONNX file that tract panics on while loading: a convolution with
+/// strides [0, 0] (tract divides by the stride when it infers the output shape).
+/// fennec must still answer with one error line naming the file, and exit 1.
+pub fn stride0_model() -> Vec<u8> {
+    let mut g = GraphBuilder::new("stride0");
+    g.input("image", &[None, Some(3), Some(8), Some(8)]);
+    let w = g.weight("w", &[2, 3, 3, 3], &[0.1; 54]);
+    let attrs = vec![
+        ("kernel_shape", Attr::Ints(vec![3, 3])),
+        ("strides", Attr::Ints(vec![0, 0])),
+    ];
+    let y = g.node("Conv", &["image", &w], attrs, None);
+    let y = g.node("Flatten", &[&y], vec![], None);
+    g.node(
+        "Softmax",
+        &[&y],
+        vec![("axis", Attr::Int(1))],
+        Some("probs"),
+    );
+    g.output("probs", &[None, Some(2)]);
+    g.finish(&ModelMetadata::default())
+}
+
 /// Writes [`color_model`]`(o)` to `dir/name` and returns its path.
 pub fn color_model_file(dir: &Path, name: &str, o: &TinyModel) -> PathBuf {
     let path = dir.join(name);
