@@ -459,14 +459,17 @@ fn panic_text(s: Option<&str>, string: Option<&String>) -> String {
 /// `panic = "abort"` (the smallest Pi build, see docs/deploy-pi.md) nothing can be
 /// caught: while tract works on a model, the hook prints the error [`Error::Tract`]
 /// would have printed (`error: MODEL: tract cannot run this model: tract hit an
-/// internal error: ...`) and exits with code 1 instead of aborting. The process then still ends: a
-/// folder run stops at the first such panic rather than skipping the image.
+/// internal error: ...`) and exits with code 1 instead of aborting. The process then
+/// still ends: a folder run stops at the first such panic rather than skipping the
+/// image.
 mod panic_guard {
     use std::cell::Cell;
     use std::path::{Path, PathBuf};
     use std::sync::{Mutex, Once};
 
-    /// The model tract is working on, and how many scopes (threads) are in it.
+    /// The model tract is working on, and how many scopes (threads) are in it: kept
+    /// only by the abort builds, whose hook prints it (an unwinding build's error
+    /// names the file itself), so a batch in the normal builds takes no lock.
     static MODEL: Mutex<Option<(PathBuf, usize)>> = Mutex::new(None);
 
     thread_local! {
@@ -481,7 +484,9 @@ mod panic_guard {
         pub(super) fn enter(path: &Path) -> Scope {
             static HOOK: Once = Once::new();
             HOOK.call_once(install_hook);
-            if let Ok(mut m) = MODEL.lock() {
+            if cfg!(panic = "abort")
+                && let Ok(mut m) = MODEL.lock()
+            {
                 let depth = m.as_ref().map_or(0, |(_, d)| *d);
                 *m = Some((path.to_path_buf(), depth + 1));
             }
@@ -493,7 +498,9 @@ mod panic_guard {
     impl Drop for Scope {
         fn drop(&mut self) {
             DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
-            if let Ok(mut m) = MODEL.lock() {
+            if cfg!(panic = "abort")
+                && let Ok(mut m) = MODEL.lock()
+            {
                 *m = match m.take() {
                     Some((path, depth)) if depth > 1 => Some((path, depth - 1)),
                     _ => None,
